@@ -1,0 +1,39 @@
+"""ament_python setup for lightvla_ros: works with `colcon build` and with plain pip."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "lightvla_ros"
+
+# (console script, module:function). The node names double as `ros2 run lightvla_ros <name>`.
+CONSOLE_SCRIPTS = [
+    ("policy_node", "lightvla_ros.nodes.policy_node:main"),
+    ("lightvla-policy", "lightvla_ros.nodes.policy_node:main"),
+    ("sim_bridge_node", "lightvla_ros.nodes.sim_bridge_node:main"),
+    ("lightvla-sim-bridge", "lightvla_ros.nodes.sim_bridge_node:main"),
+    ("recorder_node", "lightvla_ros.nodes.recorder_node:main"),
+    ("lightvla-record", "lightvla_ros.nodes.recorder_node:main"),
+    ("lightvla-sim-eval", "lightvla_ros.eval.sim_eval:main"),
+    ("lightvla-bag-eval", "lightvla_ros.eval.bag_eval:main"),
+    ("lightvla-make-checkpoint", "lightvla_ros.model.make_checkpoint:main"),
+]
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, PACKAGE + ".*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", ["resource/" + PACKAGE]),
+        ("share/" + PACKAGE, ["package.xml"]),
+        ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
+        ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="lightvla_ros maintainers",
+    maintainer_email="maintainers@lightvla-ros.dev",
+    description="LightVLA policy, sim bridge and bag evaluation for ROS 2.",
+    license="MIT",
+    tests_require=["pytest"],
+    entry_points={"console_scripts": [f"{name} = {target}" for name, target in CONSOLE_SCRIPTS]},
+)
