@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# One command: make sure the environment is installed (fast when it is), then run the whole suite.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+bash scripts/install.sh
+export MUJOCO_GL="${MUJOCO_GL:-egl}"
+exec .venv/bin/python -m pytest test -q -p no:cacheprovider "$@"
