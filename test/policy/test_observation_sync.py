@@ -1,0 +1,120 @@
+"""ObservationAssembler: pairing, staleness, proprio assembly and reason codes (caller-provided clock)."""
+import math
+
+import numpy as np
+import pytest
+
+from lightvla_ros.policy import observation_sync as osync
+from lightvla_ros.policy.observation_sync import ObservationAssembler, Rejection, quat_to_axis_angle
+from lightvla_ros.policy.types import Observation
+
+LIBERO_SOURCES = ["eef_pos", "eef_axis_angle", "joint:finger_l", "joint:finger_r"]
+
+
+def img(v: int) -> np.ndarray:
+    return np.full((8, 8, 3), v, dtype=np.uint8)
+
+
+def ready(now: float = 10.0, **kw) -> ObservationAssembler:
+    a = ObservationAssembler(["agentview", "wrist"], pairing_tolerance=0.02, max_observation_age=0.3,
+                             proprio_sources=LIBERO_SOURCES, instruction="pick up the bowl", **kw)
+    a.add_image("agentview", img(1), now - 0.01)
+    a.add_image("wrist", img(2), now - 0.005)
+    a.add_joint_state(["j1", "finger_l", "finger_r"], [0.3, 0.04, -0.04], now - 0.01)
+    a.add_eef_pose([0.1, 0.2, 0.3], [0.0, 0.0, 0.0, 1.0], now - 0.01)
+    return a
+
+
+def test_assembles_in_camera_and_source_order():
+    a = ready()
+    obs = a.assemble(10.0)
+    assert isinstance(obs, Observation)
+    assert [int(i[0, 0, 0]) for i in obs.images] == [1, 2]
+    assert obs.stamp == pytest.approx(9.99)  # oldest camera
+    np.testing.assert_allclose(obs.proprio, [0.1, 0.2, 0.3, 0, 0, 0, 0.04, -0.04], atol=1e-6)
+    assert obs.proprio.dtype == np.float32 and a.proprio_dim == 8
+    assert obs.instruction == "pick up the bowl"
+
+
+def test_newest_frame_per_camera_wins():
+    a = ready()
+    a.add_image("agentview", img(7), 9.995)
+    obs = a.assemble(10.0)
+    assert int(obs.images[0][0, 0, 0]) == 7
+    assert a.newest_stamp() == pytest.approx(9.995)
+
+
+@pytest.mark.parametrize("make_bad, reason", [
+    (lambda a: a.add_image("wrist", img(2), 9.9), osync.UNPAIRED),
+    (lambda a: a.set_instruction("  "), osync.MISSING_INSTRUCTION),
+    (lambda a: a.add_eef_pose([np.nan, 0, 0], [0, 0, 0, 1], 9.99), osync.NAN_PROPRIO),
+    (lambda a: a.add_eef_pose([0, 0, 0], [0, 0, 0, 0], 9.99), osync.NAN_PROPRIO),  # zero quaternion
+    (lambda a: a.add_joint_state(["finger_l"], [float("inf")], 9.99), osync.NAN_PROPRIO),
+    (lambda a: a.add_eef_pose([0, 0, 0], [0, 0, 0, 1], 9.0), osync.STALE),
+])
+def test_rejections(make_bad, reason):
+    a = ready()
+    make_bad(a)
+    r = a.assemble(10.0)
+    assert isinstance(r, Rejection) and r.reason == reason, r
+    assert r.message
+
+
+def test_stale_when_cameras_are_old():
+    a = ready()
+    r = a.assemble(10.5)
+    assert isinstance(r, Rejection) and r.reason == osync.STALE
+    assert "max_observation_age" in r.message
+    assert isinstance(a.assemble(10.2), Observation)  # 0.21 s: still fresh
+
+
+def test_missing_camera_and_missing_proprio():
+    a = ObservationAssembler(["agentview", "wrist"], proprio_sources=LIBERO_SOURCES, instruction="x")
+    a.add_image("agentview", img(1), 1.0)
+    r = a.assemble(1.0)
+    assert r.reason == osync.MISSING_CAMERA and "wrist" in r.message
+    a.add_image("wrist", img(1), 1.0)
+    assert a.assemble(1.0).reason == osync.MISSING_PROPRIO
+    a.add_eef_pose([0, 0, 0], [0, 0, 0, 1], 1.0)
+    assert a.assemble(1.0).reason == osync.MISSING_PROPRIO  # no joint states yet
+    a.add_joint_state(["arm_1"], [0.0], 1.0)
+    r = a.assemble(1.0)
+    assert r.reason == osync.UNKNOWN_JOINT and "finger_l" in r.message
+    a.add_joint_state(["finger_l", "finger_r"], [0.0, 0.0], 1.0)
+    assert isinstance(a.assemble(1.0), Observation)
+
+
+def test_bad_inputs_raise_clearly():
+    a = ready()
+    with pytest.raises(KeyError, match="unknown camera"):
+        a.add_image("left", img(0), 1.0)
+    with pytest.raises(ValueError, match="2 names but 1 positions"):
+        a.add_joint_state(["a", "b"], [0.0], 1.0)
+    with pytest.raises(ValueError, match="unknown proprio source"):
+        ObservationAssembler(["c"], proprio_sources=["eef_quat"])
+    with pytest.raises(ValueError):
+        ObservationAssembler([])
+    with pytest.raises(ValueError):
+        ObservationAssembler(["a", "a"])
+
+
+def test_no_proprio_sources_gives_none_and_clear_forgets_frames():
+    a = ObservationAssembler(["cam"], instruction="go")
+    a.add_image("cam", img(3), 5.0)
+    obs = a.assemble(5.1)
+    assert obs.proprio is None and obs.stamp == 5.0
+    a.clear()
+    assert a.assemble(5.1).reason == osync.MISSING_CAMERA
+    assert a.instruction == "go"
+
+
+def test_quat_to_axis_angle():
+    # 90 degrees about z
+    q = [0, 0, math.sin(math.pi / 4), math.cos(math.pi / 4)]
+    np.testing.assert_allclose(quat_to_axis_angle(np.array(q)), [0, 0, math.pi / 2], atol=1e-6)
+    # the double cover gives the same rotation
+    np.testing.assert_allclose(quat_to_axis_angle(-np.array(q)), [0, 0, math.pi / 2], atol=1e-6)
+    # 180 degrees about x (LIBERO's typical gripper-down orientation)
+    np.testing.assert_allclose(quat_to_axis_angle(np.array([1.0, 0, 0, 0])), [math.pi, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(quat_to_axis_angle(np.array([0, 0, 0, 2.0])), [0, 0, 0])  # identity, unnormalised
+    assert np.all(np.isnan(quat_to_axis_angle(np.zeros(4))))
