@@ -38,19 +38,18 @@ class Rejection:
 
 
 def quat_to_axis_angle(quat_xyzw: np.ndarray) -> np.ndarray:
-    """Unit quaternion (x, y, z, w) -> axis-angle (3,), angle in [0, pi] (robosuite's convention)."""
+    """Quaternion (x, y, z, w) -> axis * angle (3,), exactly robosuite's quat2axisangle (what OFT
+    was trained on: no sign flip, angle = 2 acos(w)); normalised first. Zero/NaN -> NaN (rejected)."""
     q = np.asarray(quat_xyzw, dtype=np.float64)
     n = np.linalg.norm(q)
-    if not np.isfinite(n) or n < 1e-9:
+    if not np.isfinite(n) or n < 1e-8:
         return np.full(3, np.nan, dtype=np.float32)  # caught as nan_proprio
     q = q / n
-    if q[3] < 0:  # same rotation, angle in [0, pi]
-        q = -q
-    w = min(1.0, q[3])
-    den = math.sqrt(max(0.0, 1.0 - w * w))
-    if den < 1e-9:
+    w = min(max(q[3], -1.0), 1.0)
+    den = math.sqrt(1.0 - w * w)
+    if math.isclose(den, 0.0):
         return np.zeros(3, dtype=np.float32)
-    return (q[:3] * (2.0 * math.acos(w)) / den).astype(np.float32)
+    return (q[:3] * 2.0 * math.acos(w) / den).astype(np.float32)
 
 
 def parse_proprio_sources(sources: Sequence[str]) -> list[tuple[str, str | None]]:

@@ -112,8 +112,8 @@ def test_quat_to_axis_angle():
     # 90 degrees about z
     q = [0, 0, math.sin(math.pi / 4), math.cos(math.pi / 4)]
     np.testing.assert_allclose(quat_to_axis_angle(np.array(q)), [0, 0, math.pi / 2], atol=1e-6)
-    # the double cover gives the same rotation
-    np.testing.assert_allclose(quat_to_axis_angle(-np.array(q)), [0, 0, math.pi / 2], atol=1e-6)
+    # like robosuite, -q is not folded back: angle 2 acos(-w) = 3 pi / 2 about -z
+    np.testing.assert_allclose(quat_to_axis_angle(-np.array(q)), [0, 0, -3 * math.pi / 2], atol=1e-6)
     # 180 degrees about x (LIBERO's typical gripper-down orientation)
     np.testing.assert_allclose(quat_to_axis_angle(np.array([1.0, 0, 0, 0])), [math.pi, 0, 0], atol=1e-6)
     np.testing.assert_allclose(quat_to_axis_angle(np.array([0, 0, 0, 2.0])), [0, 0, 0])  # identity, unnormalised
