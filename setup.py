@@ -14,6 +14,8 @@ CONSOLE_SCRIPTS = [
     ("recorder_node", "lightvla_ros.nodes.recorder_node:main"),
     ("lightvla-record", "lightvla_ros.nodes.recorder_node:main"),
     ("lightvla-sim-eval", "lightvla_ros.eval.sim_eval:main"),
+    ("expert_policy_node", "lightvla_ros.nodes.expert_policy_node:main"),
+    ("lightvla-expert", "lightvla_ros.nodes.expert_policy_node:main"),
     ("lightvla-bag-eval", "lightvla_ros.eval.bag_eval:main"),
     ("lightvla-make-checkpoint", "lightvla_ros.model.make_checkpoint:main"),
 ]
