@@ -1,0 +1,517 @@
+"""Sim bridge: a LIBERO / robosuite env (lightvla_ros.sim) served over ROS 2.
+
+Publishes (topics are parameters; defaults from docs/interfaces.md)
+  /camera/<cam>/image_raw  sensor_msgs/Image rgb8, sensor-data QoS, stamp = observation time
+  /joint_states            sensor_msgs/JointState (7 arm + 2 finger joints)
+  /eef_pose                geometry_msgs/PoseStamped (robot base frame)
+  /instruction             std_msgs/String, reliable + transient local
+  /clock                   rosgraph_msgs/Clock (lock_step only: sim time)
+  /sim/episode_result      lightvla_interfaces/EpisodeResult, transient local
+  /sim/episode_stats       std_msgs/String (JSON: dropped/late/bad actions, per-step latency)
+  /sim/privileged          std_msgs/String (JSON object poses; only with publish_privileged, for experts)
+  /diagnostics             diagnostic_msgs/DiagnosticArray, 1 Hz
+Subscribes
+  /lightvla/action         ActionChunk (chunk_size 1), action_input = step
+  /lightvla/action_chunk   ActionChunk, action_input = chunk (the bridge executes the chunk itself)
+Service
+  ~/run_episode            lightvla_interfaces/RunEpisode -> EpisodeResult
+
+Modes. lock_step: for each control step the bridge publishes /clock = t and the observation
+stamped t, then waits (bounded) for the action stamped t, applies it and advances; a slow CPU
+policy keeps the protocol's step semantics. wall_clock: the sim steps at control_rate_hz on the
+wall clock and applies the newest action that arrived during the period. A step with no action is
+"dropped" (the arm holds still, gripper unchanged); an action for an older step is "late".
+"""
+from __future__ import annotations
+
+import json
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from lightvla_interfaces.msg import ActionChunk, EpisodeResult
+from lightvla_interfaces.srv import RunEpisode
+
+ACTION_DIM = 7
+NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # LIBERO wait steps: still, gripper open
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+
+
+def stamp_msg(ns: int) -> TimeMsg:
+    return TimeMsg(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def stamp_ns(t: TimeMsg) -> int:
+    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
+
+
+def image_msg(img: np.ndarray, ns: int, frame_id: str) -> Image:
+    """(H, W, 3) uint8 -> rgb8 Image (tobytes: assigning the array to data is 400x slower)."""
+    msg = Image()
+    msg.header.stamp = stamp_msg(ns)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = int(img.shape[1]) * 3
+    msg.data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
+    return msg
+
+
+def chunk_actions(msg: ActionChunk) -> np.ndarray:
+    """ActionChunk -> (chunk_size, 7) float64, or ValueError saying what is wrong with it."""
+    n, d = int(msg.chunk_size), int(msg.action_dim)
+    values = np.asarray(msg.actions, dtype=np.float64)
+    if d != ACTION_DIM:
+        raise ValueError(f"action_dim is {d}, the sim takes {ACTION_DIM} [dx dy dz droll dpitch dyaw gripper]")
+    if n < 1 or values.size != n * d:
+        raise ValueError(f"actions has {values.size} values, expected chunk_size*action_dim = {n}*{d}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError("actions contain NaN/Inf")
+    return values.reshape(n, d)
+
+
+def libero_gripper(action: np.ndarray) -> np.ndarray:
+    """OpenVLA LIBERO gripper convention -> the env's: [0,1] -> [-1,1], binarise, invert sign."""
+    try:  # the model's implementation when present (one place for the convention)
+        from lightvla_ros.policy.postprocess import libero_gripper_postprocess
+        return np.asarray(libero_gripper_postprocess(action[None]), dtype=np.float64)[0]
+    except ImportError:
+        a = np.array(action, dtype=np.float64)
+        g = 2.0 * a[-1] - 1.0
+        a[-1] = -np.sign(g) if g != 0 else -1.0
+        return a
+
+
+@dataclass
+class EpisodeStats:
+    """What happened in one episode, published as JSON on /sim/episode_stats."""
+
+    episode_id: int = 0
+    suite: str = ""
+    task_name: str = ""
+    task_index: int = -1
+    init_state_index: int = 0
+    instruction: str = ""
+    max_steps: int = 0
+    wait_steps: int = 0
+    policy_steps: int = 0
+    actions_applied: int = 0
+    dropped_steps: int = 0            # steps with no action in time (held still)
+    late_actions: int = 0             # actions for an older step, ignored
+    bad_actions: int = 0              # NaN / wrong length, ignored
+    observations_published: int = 0
+    step_latency: list[float] = field(default_factory=list)  # s: observation out -> its action in
+    success: bool = False
+    message: str = ""
+    duration: float = 0.0
+
+    def to_json(self) -> str:
+        lat = np.array(self.step_latency) if self.step_latency else np.zeros(1)
+        d = {k: v for k, v in self.__dict__.items() if k != "step_latency"}
+        d["step_latency_s"] = {"mean": float(lat.mean()), "p50": float(np.median(lat)),
+                               "p95": float(np.percentile(lat, 95)), "max": float(lat.max()),
+                               "count": len(self.step_latency)}
+        d["step_latency_raw"] = [round(x, 5) for x in self.step_latency]
+        return json.dumps(d)
+
+
+class SimBridgeNode(Node):
+    """One simulated robot; episodes run on the service's own thread, bounded in steps and time."""
+
+    def __init__(self):
+        super().__init__("sim_bridge")
+        p = self.declare_parameter
+        self.suite = p("suite", "libero_object").value
+        self.task = str(p("task", "0").value)
+        self.init_state_index = int(p("init_state_index", 0).value)
+        self.camera_names = list(p("camera_names", ["agentview", "wrist"]).value)
+        self.camera_topics = list(p("camera_topics", ["/camera/agentview/image_raw", "/camera/wrist/image_raw"]).value)
+        self.camera_frame_ids = list(p("camera_frame_ids", ["agentview_camera", "wrist_camera"]).value)
+        self.camera_size = int(p("camera_size", 256).value)
+        self.render_quality = p("render_quality", "fast").value
+        self.image_convention = p("image_convention", "openvla").value
+        self.publish_cameras = bool(p("publish_cameras", True).value)
+        self.control_rate_hz = float(p("control_rate_hz", 20.0).value)
+        self.mode = p("mode", "lock_step").value                    # lock_step | wall_clock
+        self.action_input = p("action_input", "step").value         # step | chunk
+        self.chunk_execution = p("chunk_execution", "open_loop").value
+        self.gripper_postprocess = p("gripper_postprocess", "none").value  # none | libero
+        self.publish_privileged = bool(p("publish_privileged", False).value)
+        self.action_timeout = float(p("action_timeout", 60.0).value)      # s of wall time per lock-step
+        self.episode_timeout = float(p("episode_timeout", 3600.0).value)  # s of wall time per episode
+        self.wait_for_policy = float(p("wait_for_policy", 30.0).value)    # s for an action publisher
+        self.seed = int(p("seed", 0).value)
+        self.base_frame = p("base_frame", "robot_base").value
+        self.autostart = bool(p("autostart", False).value)
+        self.max_steps_param = int(p("max_steps", 0).value)
+        action_topic = p("action_topic", "/lightvla/action").value
+        chunk_topic = p("chunk_topic", "/lightvla/action_chunk").value
+        self._check_params()
+
+        self.control_period_ns = int(round(1e9 / self.control_rate_hz))
+        self._sim_ns = self.control_period_ns  # lock-step sim time, monotonic across episodes
+        self._env = None
+        self._env_key = None
+        self._episode_lock = threading.Lock()
+        self._running = False
+        self._stats = EpisodeStats()
+        self._episode_count = 0
+        self._actions: queue.Queue = queue.Queue()  # (stamp_ns, (7,) action) or (stamp_ns, (N, 7) chunk)
+        self.counters = {"bad_actions": 0, "actions_without_episode": 0, "rejected_episodes": 0,
+                         "episodes": 0, "dropped_steps": 0, "late_actions": 0}
+
+        self.image_pubs = [self.create_publisher(Image, t, qos_profile_sensor_data) for t in self.camera_topics]
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
+        self.eef_pub = self.create_publisher(PoseStamped, "/eef_pose", qos_profile_sensor_data)
+        self.instruction_pub = self.create_publisher(String, "/instruction", LATCHED)
+        self.clock_pub = self.create_publisher(Clock, "/clock", RELIABLE)
+        self.result_pub = self.create_publisher(EpisodeResult, "/sim/episode_result", LATCHED)
+        self.stats_pub = self.create_publisher(String, "/sim/episode_stats", LATCHED)
+        self.privileged_pub = (self.create_publisher(String, "/sim/privileged", RELIABLE)
+                               if self.publish_privileged else None)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
+
+        io_group = ReentrantCallbackGroup()
+        self.action_topic = action_topic if self.action_input == "step" else chunk_topic
+        self.create_subscription(ActionChunk, self.action_topic, self._on_action, RELIABLE, callback_group=io_group)
+        self.create_service(RunEpisode, "~/run_episode", self._on_run_episode, callback_group=io_group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        if self.autostart:
+            self._autostart_timer = self.create_timer(0.5, self._autostart, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(
+            f"sim bridge ready: {self.mode}, {self.control_rate_hz:g} Hz, action_input={self.action_input} "
+            f"({self.action_topic}), cameras {self.camera_names} {self.camera_size}px {self.render_quality}, "
+            f"gripper_postprocess={self.gripper_postprocess}")
+
+    def _check_params(self) -> None:
+        problems = []
+        if self.mode not in ("lock_step", "wall_clock"):
+            problems.append(f"mode must be lock_step or wall_clock, got {self.mode!r}")
+        if self.action_input not in ("step", "chunk"):
+            problems.append(f"action_input must be step or chunk, got {self.action_input!r}")
+        if self.gripper_postprocess not in ("none", "libero"):
+            problems.append(f"gripper_postprocess must be none or libero, got {self.gripper_postprocess!r}")
+        if not (len(self.camera_names) == len(self.camera_topics) == len(self.camera_frame_ids)):
+            problems.append("camera_names, camera_topics and camera_frame_ids must have the same length")
+        if not self.control_rate_hz > 0:
+            problems.append(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
+        if problems:
+            raise ValueError("sim bridge parameters: " + "; ".join(problems))
+
+    # ---- incoming actions (any thread) --------------------------------------------------------
+    def _on_action(self, msg: ActionChunk) -> None:
+        try:
+            actions = chunk_actions(msg)
+        except ValueError as e:
+            self.counters["bad_actions"] += 1
+            if self._running:
+                self._stats.bad_actions += 1
+            self.get_logger().error(f"bad action on {self.action_topic} ignored: {e}")
+            return
+        if not self._running:
+            self.counters["actions_without_episode"] += 1
+            self.get_logger().warning(
+                f"action on {self.action_topic} ignored: no episode is running (call ~/run_episode first)",
+                throttle_duration_sec=2.0)
+            return
+        self._actions.put((stamp_ns(msg.header.stamp), actions))
+
+    # ---- episode control ----------------------------------------------------------------------
+    def _autostart(self) -> None:
+        self._autostart_timer.cancel()
+        req = RunEpisode.Request(suite=self.suite, task=self.task, init_state_index=self.init_state_index,
+                                 max_steps=self.max_steps_param)
+        self._on_run_episode(req, RunEpisode.Response())
+
+    def _on_run_episode(self, req: RunEpisode.Request, res: RunEpisode.Response) -> RunEpisode.Response:
+        if not self._episode_lock.acquire(blocking=False):
+            return self._reject(res, "an episode is already running; wait for its EpisodeResult")
+        try:
+            suite = req.suite or self.suite
+            task = req.task if req.task != "" else self.task
+            try:
+                env = self._get_env(suite, task)
+                first = env.reset(int(req.init_state_index))
+            except Exception as e:  # unknown task, missing assets, bad init state: the bridge lives on
+                return self._reject(res, f"cannot start {suite}/{task} init state {req.init_state_index}: "
+                                         f"{type(e).__name__}: {e}")
+            if self.mode == "lock_step" and not self._wait_for_publisher():
+                return self._reject(res, f"no publisher on {self.action_topic} after {self.wait_for_policy:g} s: "
+                                         "start the policy node first")
+            max_steps = int(req.max_steps) or int(env.max_steps)
+            res.accepted = True
+            res.result = self._run(env, first, suite, int(req.init_state_index), max_steps)
+            res.message = res.result.message
+            return res
+        finally:
+            self._running = False
+            self._episode_lock.release()
+
+    def _reject(self, res: RunEpisode.Response, message: str) -> RunEpisode.Response:
+        self.counters["rejected_episodes"] += 1
+        self.get_logger().error(f"run_episode rejected: {message}")
+        res.accepted = False
+        res.message = message
+        return res
+
+    def _get_env(self, suite: str, task: str):
+        from lightvla_ros.sim import SimConfig, make_env
+
+        task_key: int | str = int(task) if task.strip().isdigit() else task
+        key = (suite, task_key)
+        if self._env is not None and self._env_key == key:
+            return self._env
+        if self._env is not None:
+            self._env.close()
+            self._env, self._env_key = None, None
+        cfg = SimConfig(suite=suite, task=task_key, camera_size=self.camera_size,
+                        render_quality=self.render_quality, image_convention=self.image_convention,
+                        use_cameras=self.publish_cameras, seed=self.seed,
+                        control_freq=int(round(self.control_rate_hz)))
+        t0 = time.monotonic()
+        env = make_env(cfg)
+        self.get_logger().info(f"built {suite} task {env.task_name!r} in {time.monotonic() - t0:.1f} s")
+        missing = [c for c in self.camera_names if self.publish_cameras and c not in env.camera_names]
+        if missing:
+            env.close()
+            raise ValueError(f"cameras {missing} not in the env's {env.camera_names}")
+        self._env, self._env_key = env, key
+        return env
+
+    def _wait_for_publisher(self) -> bool:
+        deadline = time.monotonic() + self.wait_for_policy
+        while time.monotonic() < deadline:
+            if self.count_publishers(self.action_topic) > 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def _run(self, env, obs, suite: str, init_state_index: int, max_steps: int) -> EpisodeResult:
+        """One episode: protocol wait steps, then up to max_steps policy steps."""
+        self._episode_count += 1
+        s = self._stats = EpisodeStats(
+            episode_id=self._episode_count, suite=suite, task_name=env.task_name,
+            task_index=getattr(env, "task_index", -1), init_state_index=init_state_index,
+            instruction=env.instruction, max_steps=max_steps)
+        t_start = time.monotonic()
+        self._drain_actions()
+        self.instruction_pub.publish(String(data=env.instruction))
+        self.get_logger().info(f"episode {s.episode_id}: {suite} {env.task_name!r} init {init_state_index}, "
+                               f"max {max_steps} steps: {env.instruction!r}")
+        for _ in range(env.num_wait_steps):  # objects settle; the policy is not asked
+            obs, _ = env.step(NOOP_ACTION)
+            s.wait_steps += 1
+            self._sim_ns += self.control_period_ns
+        self._running = True
+        success = False
+        chunk_queue: list[np.ndarray] = []  # action_input = chunk: rest of the current chunk
+        next_tick = time.monotonic()
+        message = "max_steps"
+        for k in range(max_steps):
+            if time.monotonic() - t_start > self.episode_timeout:
+                message = f"aborted: episode_timeout {self.episode_timeout:g} s"
+                break
+            if self.mode == "lock_step":
+                t_ns = self._sim_ns
+                self._publish_observation(env, obs, t_ns)
+                self.clock_pub.publish(Clock(clock=stamp_msg(t_ns)))
+                action = self._wait_action_lock_step(t_ns, chunk_queue)
+            else:
+                t_ns = self.get_clock().now().nanoseconds
+                self._publish_observation(env, obs, t_ns)
+                next_tick += 1.0 / self.control_rate_hz
+                action = self._wait_action_wall_clock(t_ns, next_tick, chunk_queue)
+            if action is None:
+                s.dropped_steps += 1
+                self.counters["dropped_steps"] += 1
+                action = self._hold_action(obs)
+            else:
+                s.actions_applied += 1
+                if self.gripper_postprocess == "libero":
+                    action = libero_gripper(action)
+            obs, success = env.step(action)
+            s.policy_steps += 1
+            self._sim_ns += self.control_period_ns
+            if success:
+                message = "success"
+                break
+        self._running = False
+        s.success, s.message, s.duration = bool(success), message, time.monotonic() - t_start
+        if s.dropped_steps or s.late_actions or s.bad_actions:
+            s.message = message  # the counts are in the stats; keep the reason short
+        result = EpisodeResult(suite=suite, task_name=env.task_name, init_state_index=init_state_index,
+                               success=bool(success), steps=s.wait_steps + s.policy_steps,
+                               duration=float(s.duration),
+                               message=f"{message} (dropped {s.dropped_steps}, late {s.late_actions}, "
+                                       f"bad {s.bad_actions})")
+        result.header.stamp = self.get_clock().now().to_msg()
+        self.counters["episodes"] += 1
+        self.result_pub.publish(result)
+        self.stats_pub.publish(String(data=s.to_json()))
+        self.get_logger().info(f"episode {s.episode_id} done: {result.message}, {result.steps} steps, "
+                               f"{s.duration:.1f} s")
+        return result
+
+    # ---- waiting for the action of a step ------------------------------------------------------
+    def _drain_actions(self) -> None:
+        while not self._actions.empty():
+            try:
+                self._actions.get_nowait()
+            except queue.Empty:
+                break
+
+    def _wait_action_lock_step(self, t_ns: int, chunk_queue: list) -> np.ndarray | None:
+        """The action meant for step t: stamp == t (step input), or the next one of a chunk stamped t."""
+        s = self._stats
+        if self.action_input == "chunk" and chunk_queue:
+            s.step_latency.append(0.0)
+            return chunk_queue.pop(0)
+        t0 = time.monotonic()
+        deadline = t0 + self.action_timeout
+        while rclpy.ok():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.get_logger().warning(f"no action for step t={t_ns / 1e9:.3f} within {self.action_timeout:g} s: "
+                                          "dropped (arm held still)")
+                return None
+            try:
+                stamp, actions = self._actions.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                continue
+            if stamp < t_ns:
+                s.late_actions += 1
+                self.counters["late_actions"] += 1
+                continue
+            if stamp > t_ns:  # meant for a step we have not reached: a clock mix-up on the policy side
+                s.late_actions += 1
+                self.counters["late_actions"] += 1
+                self.get_logger().warning(f"action stamped {stamp / 1e9:.3f} for a future step "
+                                          f"(now {t_ns / 1e9:.3f}) ignored", throttle_duration_sec=2.0)
+                continue
+            s.step_latency.append(time.monotonic() - t0)
+            if self.action_input == "chunk":
+                chunk_queue[:] = [a for a in self._execute_chunk(actions)]
+                return chunk_queue.pop(0)
+            return actions[0]
+        return None
+
+    def _wait_action_wall_clock(self, t_ns: int, next_tick: float, chunk_queue: list) -> np.ndarray | None:
+        """The newest action that arrived before the next tick (step input), or the chunk's next step."""
+        s = self._stats
+        t0 = time.monotonic()
+        newest = None
+        while True:
+            left = next_tick - time.monotonic()
+            try:
+                stamp, actions = self._actions.get(timeout=max(left, 0.0)) if left > 0 else self._actions.get_nowait()
+            except queue.Empty:
+                break
+            if self.action_input == "chunk":
+                chunk_queue[:] = self._execute_chunk(actions)
+            else:
+                newest = actions[0]
+                s.step_latency.append(time.monotonic() - t0)
+        if self.action_input == "chunk" and chunk_queue:
+            return chunk_queue.pop(0)
+        return newest
+
+    def _execute_chunk(self, actions: np.ndarray) -> list[np.ndarray]:
+        """Rows of a chunk in execution order (open loop: each row once, then the next chunk)."""
+        return [a for a in actions]
+
+    def _hold_action(self, obs) -> np.ndarray:
+        """No motion; the gripper keeps its state (closed if the fingers are near closed)."""
+        a = np.zeros(ACTION_DIM)
+        a[-1] = -1.0 if float(np.sum(np.abs(obs.proprio[6:8]))) > 0.06 else 1.0
+        return a
+
+    # ---- outgoing observation ----------------------------------------------------------------
+    def _publish_observation(self, env, obs, t_ns: int) -> None:
+        stamp = stamp_msg(t_ns)
+        if self.publish_cameras:
+            for pub, cam, frame in zip(self.image_pubs, self.camera_names, self.camera_frame_ids):
+                pub.publish(image_msg(obs.images[cam], t_ns, frame))
+        js = JointState()
+        js.header.stamp = stamp
+        js.header.frame_id = self.base_frame
+        js.name = list(obs.joint_names)
+        js.position = [float(x) for x in obs.joint_positions]
+        self.joint_pub.publish(js)
+        pose = PoseStamped()
+        pose.header.stamp = stamp
+        pose.header.frame_id = self.base_frame
+        pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(x) for x in obs.eef_pos)
+        q = obs.eef_quat  # xyzw
+        pose.pose.orientation.x, pose.pose.orientation.y = float(q[0]), float(q[1])
+        pose.pose.orientation.z, pose.pose.orientation.w = float(q[2]), float(q[3])
+        self.eef_pub.publish(pose)
+        if self.privileged_pub is not None:
+            s = self._stats
+            self.privileged_pub.publish(String(data=json.dumps({
+                "stamp_ns": t_ns, "episode_id": s.episode_id, "suite": s.suite, "task_name": s.task_name,
+                "task_index": s.task_index, "init_state_index": s.init_state_index,
+                "eef_pos": obs.eef_pos.tolist(), "eef_quat": obs.eef_quat.tolist(),
+                "proprio": obs.proprio.tolist(), "joint_names": list(obs.joint_names),
+                "joint_positions": obs.joint_positions.tolist(), "sim_time": obs.sim_time,
+                "privileged": {k: np.asarray(v).tolist() for k, v in obs.privileged.items()},
+            })))
+        self._stats.observations_published += 1
+
+    def _publish_diagnostics(self) -> None:
+        s = self._stats
+        status = DiagnosticStatus(name="lightvla_ros: sim_bridge", hardware_id="sim")
+        busy = bool(s.dropped_steps or s.bad_actions)
+        status.level = DiagnosticStatus.WARN if busy else DiagnosticStatus.OK
+        status.message = ("running" if self._running else "idle") + (
+            f" (dropped {s.dropped_steps}, bad {s.bad_actions})" if busy else "")
+        values = {"mode": self.mode, "running": self._running, "episode_id": s.episode_id, "suite": s.suite,
+                  "task": s.task_name, "policy_steps": s.policy_steps, "sim_time": self._sim_ns / 1e9}
+        values.update(self.counters)
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        arr = DiagnosticArray(status=[status])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(arr)
+
+    def destroy_node(self):
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+        super().destroy_node()
+
+
+def main(args=None):
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = SimBridgeNode()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+if __name__ == "__main__":
+    main()
