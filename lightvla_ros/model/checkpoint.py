@@ -1,0 +1,286 @@
+"""Load and save LightVLA / OpenVLA-OFT checkpoint directories in the released layout.
+
+    config.json                              Prismatic/OpenVLA config (+ our optional "lightvla" block)
+    model-0000k-of-0000n.safetensors         backbone, projector, Llama (bf16 in released ones)
+    model.safetensors.index.json             weight_map: key -> shard file
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json
+    dataset_statistics.json                  {unnorm_key: {"action": {...}, "proprio": {...}}}
+    action_head--<step>_checkpoint.pt        torch.save'd state dict ("module." prefix from DDP)
+    proprio_projector--<step>_checkpoint.pt  idem; optional (checkpoints trained without proprio)
+
+All released-name <-> module-name translation lives in KEY_RENAMES and the two functions below.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import PLATFORMS, Platform, get_platform, resolve_device, resolve_dtype
+from .errors import CheckpointError
+from .tokenizer import PromptTokenizer
+from .vla import LightVLA
+
+CONFIG_FILE = "config.json"
+INDEX_FILE = "model.safetensors.index.json"
+STATS_FILE = "dataset_statistics.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+ACTION_HEAD_GLOB = "action_head--*_checkpoint.pt"
+PROPRIO_GLOB = "proprio_projector--*_checkpoint.pt"
+
+# Released name <-> module name, both directions side by side. OpenVLA's HF export renames
+# timm's LayerScale `gamma` to `scale_factor` (HF mangles parameters named gamma); every other
+# key (vision_backbone.featurizer.*, vision_backbone.fused_featurizer.*, projector.fc1..3,
+# language_model.model.embed_tokens / layers.N / norm, language_model.lm_head) keeps its name.
+_LAYER_SCALE = r"^(vision_backbone\.(?:fused_)?featurizer\.blocks\.\d+\.ls[12])"
+RELEASED_TO_MODULE = [(_LAYER_SCALE + r"\.scale_factor$", r"\1.gamma")]
+MODULE_TO_RELEASED = [(_LAYER_SCALE + r"\.gamma$", r"\1.scale_factor")]
+# Heads live in their own files, saved from DDP: "module." + the head's own state-dict keys.
+HEAD_MODULES = {"action_head": ACTION_HEAD_GLOB, "proprio_projector": PROPRIO_GLOB}
+
+
+def released_to_module_key(key: str) -> str:
+    for pattern, repl in RELEASED_TO_MODULE:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def module_to_released_key(key: str) -> str:
+    for pattern, repl in MODULE_TO_RELEASED:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _strip_ddp(state: dict) -> dict:
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError("missing file", file=path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"invalid JSON ({e})", file=path) from e
+
+
+def _find_one(ckpt: Path, pattern: str, required: bool) -> Path | None:
+    """The head file for the highest step (several steps may sit side by side)."""
+    files = sorted(ckpt.glob(pattern), key=lambda p: _step_of(p))
+    if not files:
+        if required:
+            raise CheckpointError("missing head file", file=ckpt / pattern)
+        return None
+    return files[-1]
+
+
+def _step_of(path: Path) -> int:
+    m = re.search(r"--(\d+)_checkpoint\.pt$", path.name)
+    return int(m.group(1)) if m else -1
+
+
+# ---- configuration ----------------------------------------------------------------------------
+def infer_platform(config: dict, stats: dict, platform: str | None) -> Platform:
+    """Explicit argument > config "lightvla.platform" > dataset names in the statistics."""
+    if platform is not None:
+        return get_platform(platform)
+    block = config.get("lightvla", {})
+    if block.get("platform"):
+        return get_platform(block["platform"])
+    found = {name for name in PLATFORMS for key in stats if name in key.lower()}
+    if len(found) == 1:
+        return get_platform(found.pop())
+    raise CheckpointError("cannot tell the robot platform (chunk size / action dim): pass platform=",
+                          file=CONFIG_FILE, key="lightvla.platform", expected=f"one of {sorted(PLATFORMS)}",
+                          found=sorted(stats))
+
+
+def build_vla(config: dict, platform: Platform, num_images: int, use_proprio: bool = True,
+              device: str | torch.device = "cpu") -> LightVLA:
+    """Instantiate the modules for `config` (random init; on 'meta' it allocates nothing)."""
+    with torch.device(device):
+        return LightVLA(config, platform, num_images, use_proprio=use_proprio)
+
+
+# ---- loading ----------------------------------------------------------------------------------
+def _load_shards(ckpt: Path, expected: dict[str, torch.Tensor], device, dtype) -> dict[str, torch.Tensor]:
+    """Read every shard listed in the index; check keys and shapes against the model's."""
+    index = _read_json(ckpt / INDEX_FILE)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError("index has no weight_map", file=ckpt / INDEX_FILE)
+    module_keys = {released_to_module_key(k): k for k in weight_map}
+    missing = sorted(set(expected) - set(module_keys))
+    if missing:
+        raise CheckpointError(f"{len(missing)} missing key(s) in the index, first: {missing[:3]}",
+                              file=ckpt / INDEX_FILE, key=module_to_released_key(missing[0]))
+    unexpected = sorted(set(module_keys) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"{len(unexpected)} unexpected key(s), first: {unexpected[:3]}",
+                              file=ckpt / INDEX_FILE, key=module_keys[unexpected[0]])
+    by_file: dict[str, list[str]] = {}
+    for key, fname in weight_map.items():
+        by_file.setdefault(fname, []).append(key)
+    state = {}
+    for fname, keys in sorted(by_file.items()):
+        path = ckpt / fname
+        if not path.is_file():
+            raise CheckpointError("missing shard listed in the index", file=path, key=keys[0])
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            present = set(f.keys())
+            for key in keys:
+                if key not in present:
+                    raise CheckpointError("key listed in the index is not in its shard", file=path, key=key)
+                mkey = released_to_module_key(key)
+                shape = tuple(f.get_slice(key).get_shape())
+                want = tuple(expected[mkey].shape)
+                if shape != want:
+                    raise CheckpointError("shape mismatch", file=path, key=key, expected=want, found=shape)
+                state[mkey] = f.get_tensor(key).to(device=device, dtype=dtype)
+    return state
+
+
+def _load_head(path: Path, prefix: str, expected: dict[str, torch.Tensor], device, dtype) -> dict:
+    try:
+        raw = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or not a state dict
+        raise CheckpointError(f"cannot read head file ({e})", file=path) from e
+    state = {f"{prefix}.{k}": v for k, v in _strip_ddp(raw).items()}
+    want = {k: v for k, v in expected.items() if k.startswith(prefix + ".")}
+    for key in sorted(set(want) - set(state)):
+        raise CheckpointError("missing key", file=path, key=key[len(prefix) + 1:])
+    for key in sorted(set(state) - set(want)):
+        raise CheckpointError("unexpected key", file=path, key=key[len(prefix) + 1:])
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(want[key].shape):
+            raise CheckpointError("shape mismatch", file=path, key=key[len(prefix) + 1:],
+                                  expected=tuple(want[key].shape), found=tuple(value.shape))
+    return {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+
+
+def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile: bool = False,
+             platform: str | None = None, num_images: int | None = None,
+             unnorm_key: str | None = None) -> LightVLA:
+    """Load a local checkpoint directory (released LightVLA / OpenVLA-OFT layout) for inference.
+
+    platform / num_images / unnorm_key default to the config's "lightvla" block, then to what the
+    statistics and the platform imply. The model comes back in eval mode on `device`.
+    """
+    ckpt = Path(checkpoint_dir)
+    if not ckpt.is_dir():
+        raise CheckpointError("checkpoint directory not found", file=ckpt)
+    config = _read_json(ckpt / CONFIG_FILE)
+    for key in ("timm_model_ids", "text_config"):
+        if key not in config:
+            raise CheckpointError("config is missing a field", file=ckpt / CONFIG_FILE, key=key)
+    if (ckpt / STATS_FILE).is_file():
+        stats = _read_json(ckpt / STATS_FILE)  # overrides config.norm_stats, as in OFT
+    elif config.get("norm_stats"):
+        stats = config["norm_stats"]
+    else:
+        raise CheckpointError("no normalisation statistics (and config.json has no norm_stats)",
+                              file=ckpt / STATS_FILE)
+    if not (ckpt / "tokenizer.json").is_file():
+        raise CheckpointError("missing tokenizer", file=ckpt / "tokenizer.json")
+    block = config.get("lightvla", {})
+    plat = infer_platform(config, stats, platform)
+    n_images = int(num_images or block.get("num_images_in_input") or config.get("num_images_in_input")
+                   or plat.num_images)
+    head_file = _find_one(ckpt, ACTION_HEAD_GLOB, required=True)
+    proprio_file = _find_one(ckpt, PROPRIO_GLOB, required=bool(block.get("use_proprio", False)))
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    vla = build_vla(config, plat, n_images, use_proprio=proprio_file is not None, device="meta")
+    expected = vla.state_dict()
+    heads = ("action_head.", "proprio_projector.")
+    backbone_expected = {k: v for k, v in expected.items() if not k.startswith(heads)}
+    state = _load_shards(ckpt, backbone_expected, device, dtype)
+    state.update(_load_head(head_file, "action_head", expected, device, dtype))
+    if proprio_file is not None:
+        state.update(_load_head(proprio_file, "proprio_projector", expected, device, dtype))
+    vla.load_state_dict(state, strict=True, assign=True)
+    _materialize_buffers(vla, device)
+
+    vla.norm_stats = stats
+    vla.tokenizer = PromptTokenizer.from_file(ckpt / "tokenizer.json")
+    vla.tokenizer_files = {n: (ckpt / n).read_bytes() for n in TOKENIZER_FILES if (ckpt / n).is_file()}
+    vla.default_unnorm_key = unnorm_key or block.get("unnorm_key")
+    vla.resolve_unnorm_key()  # fail now, not at the first inference
+    vla.checkpoint_step = _step_of(head_file)
+    vla.eval()
+    if compile:
+        vla.enable_compile()
+    return vla
+
+
+def _materialize_buffers(vla: LightVLA, device: torch.device) -> None:
+    """Non-persistent buffers are not in checkpoints: rebuild them (Llama rotary inv_freq)."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    with torch.device(device):
+        vla.language_model.model.rotary_emb = LlamaRotaryEmbedding(vla.text_config)
+    left = [name for name, b in vla.named_buffers() if b.is_meta]
+    left += [name for name, p in vla.named_parameters() if p.is_meta]
+    if left:
+        raise CheckpointError("tensors left uninitialised after loading", key=left[0])
+
+
+# ---- saving -----------------------------------------------------------------------------------
+def _config_for_save(vla: LightVLA) -> dict:
+    config = dict(vla.config)
+    config["norm_stats"] = vla.norm_stats
+    block = dict(config.get("lightvla", {}))
+    block.update(platform=vla.platform.name, num_images_in_input=vla.num_images,
+                 use_proprio=vla.proprio_projector is not None, action_space=vla.platform.action_space)
+    if vla.default_unnorm_key is not None:
+        block["unnorm_key"] = vla.default_unnorm_key
+    config["lightvla"] = block
+    config["torch_dtype"] = str(next(vla.parameters()).dtype).replace("torch.", "")
+    return config
+
+
+def save_checkpoint(vla: LightVLA, out_dir, step: int = 0, max_shard_bytes: int = 5 * 10**9,
+                    min_shards: int = 2) -> Path:
+    """Write `vla` in the released layout (reloads with load_vla). Tensors keep their dtype."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    heads = ("action_head.", "proprio_projector.")
+    state = {module_to_released_key(k): v.detach().contiguous().cpu()
+             for k, v in vla.state_dict().items() if not k.startswith(heads)}
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    limit = min(max_shard_bytes, math.ceil(total / min_shards))
+    shards: list[dict] = [{}]
+    size = 0
+    for key, value in state.items():
+        nbytes = value.numel() * value.element_size()
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = value
+        size += nbytes
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({k: v.clone() for k, v in shard.items()}, str(out / fname), metadata={"format": "pt"})
+        weight_map.update({k: fname for k in shard})
+    (out / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map},
+                                             indent=2))
+    (out / CONFIG_FILE).write_text(json.dumps(_config_for_save(vla), indent=2))
+    (out / STATS_FILE).write_text(json.dumps(vla.norm_stats, indent=2))
+    for name, data in getattr(vla, "tokenizer_files", {}).items():
+        (out / name).write_bytes(data)
+    for old in list(out.glob(ACTION_HEAD_GLOB)) + list(out.glob(PROPRIO_GLOB)):
+        old.unlink()  # one step per directory: no stale heads beside the new ones
+    for prefix, pattern in HEAD_MODULES.items():
+        module = getattr(vla, prefix)
+        if module is None:
+            continue
+        head_state = {f"module.{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()}
+        torch.save(head_state, out / pattern.replace("*", str(int(step))))
+    return out

@@ -1,0 +1,219 @@
+"""LightVLA = OpenVLA-OFT (vision backbone, projector, bidirectional Llama, proprio projector,
+L1-regression action head) + the parameter-free TokenPruner before decoder layer 0.
+
+The pruner runs between the embeddings and the LLM without a copy of LlamaModel.forward: we
+build the multimodal embeddings ourselves, prune (embeds, position_ids, mask), and call the
+LLM with inputs_embeds / position_ids / a 2-D attention mask (guide section 5; REFERENCE.md).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from .config import ACTION_TOKEN_BEGIN_IDX, STOP_TOKEN_ID, Platform
+from .errors import CheckpointError
+from .heads import L1RegressionActionHead, ProprioProjector, Projector
+from .preprocess import images_to_pixel_values, normalize_proprio, unnormalize_actions
+from .pruner import TokenPruner
+from .vision import VisionBackbone
+
+PLACEHOLDER_TOKEN_ID = ACTION_TOKEN_BEGIN_IDX + 1  # any id works: placeholder embeddings are zeroed
+
+
+@dataclass
+class Prediction:
+    """One chunk from predict_action, with its cost and what the pruner kept."""
+
+    actions: np.ndarray  # (chunk, dim) float32, unnormalised
+    normalized_actions: np.ndarray  # (chunk, dim) float32, as the head produced them
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: vision, pruner, llm, head, total
+    kept_per_image: list[int] = field(default_factory=list)
+    total_per_image: list[int] = field(default_factory=list)
+
+    @property
+    def kept_total(self) -> int:
+        return int(sum(self.kept_per_image))
+
+
+def make_text_config(text_config: dict) -> LlamaConfig:
+    """LlamaConfig with bidirectional attention (OFT's parallel decoding)."""
+    config = LlamaConfig(**text_config)
+    config.is_causal = False
+    config._attn_implementation = "sdpa"
+    return config
+
+
+class LightVLA(nn.Module):
+    """config: the checkpoint's config.json (dict); platform: chunk / dim / proprio constants."""
+
+    def __init__(self, config: dict, platform: Platform, num_images: int, use_proprio: bool = True):
+        super().__init__()
+        self.config = config
+        self.platform = platform
+        ids = list(config["timm_model_ids"])
+        self.vision_backbone = VisionBackbone(
+            ids, list(config.get("image_sizes", [224] * len(ids))),
+            timm_overrides=config.get("timm_model_kwargs"),
+            act_layers=config.get("timm_override_act_layers"), num_images=num_images)
+        self.text_config = make_text_config(config["text_config"])
+        llm_dim = self.text_config.hidden_size
+        self.projector = Projector(self.vision_backbone.embed_dim, llm_dim, fused=self.vision_backbone.use_fused)
+        self.language_model = LlamaForCausalLM(self.text_config)
+        for layer in self.language_model.model.layers:
+            # an all-ones mask is dropped by transformers and SDPA then falls back to the
+            # module's is_causal flag: make that flag bidirectional too
+            layer.self_attn.is_causal = False
+        self.pruner = TokenPruner(self.text_config, self.vision_backbone.num_patches * num_images)
+        self.proprio_projector = ProprioProjector(llm_dim, platform.proprio_dim) if use_proprio else None
+        self.action_head = L1RegressionActionHead(llm_dim, llm_dim, platform.action_dim, platform.chunk_size)
+        # set by the checkpoint loader
+        self.norm_stats: dict = {}
+        self.tokenizer = None
+        self.default_unnorm_key: str | None = None
+        self._llm_forward = self.language_model.model
+        self._vision_forward = self.vision_backbone
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def num_images(self) -> int:
+        return self.vision_backbone.num_images
+
+    @property
+    def num_action_tokens(self) -> int:
+        return self.platform.chunk_size * self.platform.action_dim
+
+    def set_num_images_in_input(self, num_images: int) -> None:
+        """The ONE place that changes the image count: backbone and pruner stay in sync (guide 8.2)."""
+        self.vision_backbone.num_images = num_images
+        self.pruner.num_patches = self.vision_backbone.num_patches * num_images
+
+    def enable_compile(self) -> None:
+        """torch.compile the backbone and the LLM (dynamic shapes: the pruned length varies)."""
+        self._llm_forward = torch.compile(self.language_model.model, dynamic=True)
+        self._vision_forward = torch.compile(self.vision_backbone, dynamic=True)
+
+    # ---- forward --------------------------------------------------------------------------
+    def _sync(self, device: torch.device) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    def _action_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Default action positions: the chunk*dim tokens right before each sample's last (STOP) token."""
+        bsz, seq_len = input_ids.shape
+        last = attention_mask.long().sum(dim=1) - 1  # (B,) index of STOP with right padding
+        idx = torch.arange(seq_len, device=input_ids.device)[None, :]
+        return (idx >= (last - self.num_action_tokens)[:, None]) & (idx < last[:, None])
+
+    def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                proprio: torch.Tensor | None = None, action_mask: torch.Tensor | None = None,
+                timings: dict | None = None) -> torch.Tensor:
+        """-> normalised action predictions (B, chunk, dim).
+
+        pixel_values (B, C_img * num_images, H, W); input_ids / attention_mask (B, T) as
+        [BOS, prompt..., chunk*dim placeholders, STOP] (right padding allowed); proprio
+        (B, proprio_dim) already normalised; action_mask (B, T) bool marks the placeholders
+        (default: the chunk*dim tokens before the last valid token). In train mode the pruner
+        keeps the length (straight-through votes), so an L1 loss on the output trains it.
+        """
+        device = input_ids.device
+        t0 = self._sync(device)
+        if action_mask is None:
+            action_mask = self._action_mask(input_ids, attention_mask)
+        counts = action_mask.sum(dim=1)
+        if bool((counts != self.num_action_tokens).any()):
+            raise ValueError(f"each sample needs {self.num_action_tokens} action positions "
+                             f"({self.platform.chunk_size} x {self.platform.action_dim}), got {counts.tolist()}")
+        bsz, text_len = input_ids.shape
+
+        embeds = self.language_model.model.embed_tokens(input_ids)  # (B, T, H)
+        embeds = embeds * ~action_mask[..., None]  # placeholders carry no content (OFT)
+        patches = self.projector(self._vision_forward(pixel_values))  # (B, P, H)
+        if patches.shape[1] != self.pruner.num_patches:
+            raise ValueError(f"vision produced {patches.shape[1]} patches but pruner.num_patches is "
+                             f"{self.pruner.num_patches}; change the image count with set_num_images_in_input()")
+        if proprio is not None:
+            if self.proprio_projector is None:
+                raise ValueError("proprio given but this checkpoint has no proprio projector")
+            proprio_token = self.proprio_projector(proprio.to(patches.dtype))[:, None]  # (B, 1, H)
+            patches = torch.cat([patches, proprio_token], dim=1)  # lands in the task block: never pruned
+        t1 = self._sync(device)
+
+        # [BOS] + [patches] + [proprio] + [prompt, placeholders, STOP]
+        tokens = torch.cat([embeds[:, :1], patches, embeds[:, 1:]], dim=1)  # (B, L, H)
+        ones = attention_mask.new_ones(bsz, patches.shape[1])
+        mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)  # (B, L)
+        position_ids = torch.arange(tokens.shape[1], device=device)[None].expand(bsz, -1)  # (B, L)
+        tokens, position_ids, mask = self.pruner(tokens, position_ids, mask)
+        t2 = self._sync(device)
+
+        hidden = self._llm_forward(inputs_embeds=tokens, attention_mask=mask, position_ids=position_ids,
+                                   use_cache=False).last_hidden_state  # (B, L', H), final norm applied
+        t3 = self._sync(device)
+
+        # the text block is the last T-1 tokens, unchanged by the pruner: index from the end
+        text_idx = action_mask[:, 1:].nonzero()[:, 1].view(bsz, self.num_action_tokens)  # (B, n_act)
+        out_idx = hidden.shape[1] - (text_len - 1) + text_idx
+        action_hidden = hidden.gather(1, out_idx[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n_act, H)
+        actions = self.action_head.predict_action(action_hidden)  # (B, chunk, dim)
+        t4 = self._sync(device)
+        if timings is not None:
+            timings.update(vision=t1 - t0, pruner=t2 - t1, llm=t3 - t2, head=t4 - t3, total=t4 - t0)
+        return actions
+
+    # ---- prediction -----------------------------------------------------------------------
+    def resolve_unnorm_key(self, unnorm_key: str | None = None) -> str:
+        key = unnorm_key if unnorm_key is not None else self.default_unnorm_key
+        keys = sorted(self.norm_stats)
+        if key is None:
+            if len(keys) != 1:
+                raise CheckpointError("several datasets in the statistics: pass unnorm_key",
+                                      file="dataset_statistics.json", expected=f"one of {keys}", found=None)
+            return keys[0]
+        if key not in self.norm_stats:
+            raise CheckpointError("unknown unnorm_key", file="dataset_statistics.json", key=key,
+                                  expected=f"one of {keys}", found=key)
+        return key
+
+    def build_inputs(self, images: list[np.ndarray], instruction: str, center_crop: bool = True):
+        """-> pixel_values (1, C, S, S), input_ids (1, T), attention_mask (1, T), on the model's device."""
+        if self.tokenizer is None:
+            raise RuntimeError("model has no tokenizer; load it with load_vla()")
+        if len(images) != self.num_images:
+            raise ValueError(f"expected {self.num_images} image(s), got {len(images)}")
+        size = int(self.config.get("image_sizes", [224])[0])
+        param = next(self.parameters())
+        pixel_values = images_to_pixel_values(images, size, self.vision_backbone.norm_stats(), center_crop)
+        ids = self.tokenizer.prompt_ids(instruction) + [PLACEHOLDER_TOKEN_ID] * self.num_action_tokens
+        ids.append(STOP_TOKEN_ID)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=param.device)
+        return (pixel_values.to(param.device, param.dtype), input_ids, torch.ones_like(input_ids))
+
+    def predict_action(self, images: list[np.ndarray], instruction: str, proprio: np.ndarray | None = None,
+                       unnorm_key: str | None = None, center_crop: bool = True) -> Prediction:
+        """Images (H, W, 3) uint8 per camera + instruction (+ raw proprio) -> unnormalised chunk."""
+        stats = self.norm_stats[self.resolve_unnorm_key(unnorm_key)]
+        pixel_values, input_ids, attention_mask = self.build_inputs(images, instruction, center_crop)
+        proprio_t = None
+        if proprio is not None and self.proprio_projector is not None:
+            if "proprio" not in stats:
+                raise CheckpointError("no proprio statistics for this dataset", file="dataset_statistics.json",
+                                      key="proprio")
+            p = normalize_proprio(np.asarray(proprio, dtype=np.float32), stats["proprio"],
+                                  self.platform.normalization)
+            proprio_t = torch.from_numpy(p)[None].to(input_ids.device)
+        timings: dict[str, float] = {}
+        with torch.inference_mode():
+            normalized = self(pixel_values, input_ids, attention_mask, proprio=proprio_t, timings=timings)
+        normalized = normalized[0].float().cpu().numpy()  # (chunk, dim)
+        keep = self.pruner.last_keep_mask[0].view(self.num_images, -1)  # (num_images, 256)
+        return Prediction(
+            actions=unnormalize_actions(normalized, stats["action"], self.platform.normalization),
+            normalized_actions=normalized.astype(np.float32), timings=timings,
+            kept_per_image=[int(k) for k in keep.sum(dim=1).tolist()],
+            total_per_image=[self.vision_backbone.num_patches] * self.num_images)
