@@ -24,6 +24,7 @@ wall clock and applies the newest action that arrived during the period. A step 
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import queue
@@ -89,14 +90,27 @@ def chunk_actions(msg: ActionChunk) -> np.ndarray:
 
 def libero_gripper(action: np.ndarray) -> np.ndarray:
     """OpenVLA LIBERO gripper convention -> the env's: [0,1] -> [-1,1], binarise, invert sign."""
-    try:  # the model's implementation when present (one place for the convention)
-        from lightvla_ros.policy.postprocess import libero_gripper_postprocess
-        return np.asarray(libero_gripper_postprocess(action[None]), dtype=np.float64)[0]
-    except ImportError:
-        a = np.array(action, dtype=np.float64)
-        g = 2.0 * a[-1] - 1.0
-        a[-1] = -np.sign(g) if g != 0 else -1.0
-        return a
+    fn = _libero_postprocess_fn()
+    if fn is not None:  # the model's implementation (one place for the convention)
+        return np.asarray(fn(np.asarray(action, dtype=np.float32)[None]), dtype=np.float64).reshape(-1)
+    a = np.array(action, dtype=np.float64)
+    g = 2.0 * a[-1] - 1.0
+    a[-1] = -np.sign(g) if g != 0 else -1.0
+    return a
+
+
+@functools.lru_cache(maxsize=1)
+def _libero_postprocess_fn():
+    import importlib
+
+    for mod in ("lightvla_ros.policy.postprocess", "lightvla_ros.policy.vla_policy", "lightvla_ros.policy.libero"):
+        try:
+            fn = getattr(importlib.import_module(mod), "libero_gripper_postprocess", None)
+        except ImportError:
+            continue
+        if fn is not None:
+            return fn
+    return None
 
 
 @dataclass
@@ -173,6 +187,7 @@ class SimBridgeNode(Node):
         self._running = False
         self._stats = EpisodeStats()
         self._episode_count = 0
+        self._goal_state = None
         self._actions: queue.Queue = queue.Queue()  # (stamp_ns, (7,) action) or (stamp_ns, (N, 7) chunk)
         self.counters = {"bad_actions": 0, "actions_without_episode": 0, "rejected_episodes": 0,
                          "episodes": 0, "dropped_steps": 0, "late_actions": 0}
@@ -311,6 +326,7 @@ class SimBridgeNode(Node):
             task_index=getattr(env, "task_index", -1), init_state_index=init_state_index,
             instruction=env.instruction, max_steps=max_steps)
         t_start = time.monotonic()
+        self._goal_state = getattr(env, "goal_state", None) if self.publish_privileged else None  # LIBERO BDDL goal
         self._drain_actions()
         self.instruction_pub.publish(String(data=env.instruction))
         self.get_logger().info(f"episode {s.episode_id}: {suite} {env.task_name!r} init {init_state_index}, "
@@ -395,6 +411,8 @@ class SimBridgeNode(Node):
                 stamp, actions = self._actions.get(timeout=min(left, 0.5))
             except queue.Empty:
                 continue
+            if abs(stamp - t_ns) * 4 < self.control_period_ns:  # same step (float round trips on the way)
+                stamp = t_ns
             if stamp < t_ns:
                 s.late_actions += 1
                 self.counters["late_actions"] += 1
@@ -471,6 +489,7 @@ class SimBridgeNode(Node):
                 "proprio": obs.proprio.tolist(), "joint_names": list(obs.joint_names),
                 "joint_positions": obs.joint_positions.tolist(), "sim_time": obs.sim_time,
                 "privileged": {k: np.asarray(v).tolist() for k, v in obs.privileged.items()},
+                "goal_state": self._goal_state,
             })))
         self._stats.observations_published += 1
 
