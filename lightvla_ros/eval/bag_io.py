@@ -200,6 +200,8 @@ class BagReader:
                 raise BagError(self.path, f"cannot open {self._file.name}: {err}") from err
             self.recovered = f"normal reader failed ({err}); scanned {self._file.name} record by record"
             self._scan_mcap_topics()
+            if not self.topics:
+                raise BagError(self.path, f"not a readable mcap file ({err}; {'; '.join(self.damage)})") from err
         else:
             if not has_yaml and self.path.is_dir():
                 self.recovered = "metadata.yaml missing (writer did not close); read the storage file directly"

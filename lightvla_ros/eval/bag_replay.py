@@ -1,0 +1,170 @@
+"""Turn a recorded bag back into the policy's observations, in bag time. No ROS here.
+
+The same ObservationAssembler as the policy node (newest frame per camera, pairing tolerance,
+staleness against `now` = the bag time of the message just read). A recorded ActionChunk on the
+chunk topic names the observation it came from by its header stamp (= observation stamp); the
+replayed observation for that stamp is the last one assembled before the chunk was recorded.
+"""
+from __future__ import annotations
+
+import io
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from lightvla_ros.eval.bag_io import BagError, BagReader
+from lightvla_ros.policy.observation_sync import ObservationAssembler, Rejection
+from lightvla_ros.policy.types import Observation
+
+DEFAULT_CAMERAS = ["/camera/agentview/image_raw", "/camera/wrist/image_raw"]
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CHUNK_TYPE = "lightvla_interfaces/msg/ActionChunk"
+
+
+@dataclass
+class ReplayConfig:
+    camera_topics: list[str] = field(default_factory=lambda: list(DEFAULT_CAMERAS))
+    joint_topic: str = "/joint_states"
+    eef_topic: str = "/eef_pose"
+    instruction_topic: str = "/instruction"
+    chunk_topic: str = "/lightvla/action_chunk"
+    proprio_sources: list[str] = field(default_factory=list)
+    instruction: str = ""               # used when the bag has no instruction topic
+    pairing_tolerance: float = 0.05     # s, as the policy node
+    max_observation_age: float = 0.5    # s, as the policy node
+    max_frames: int = 0                 # 0 = all
+    keep_pending: int = 64              # observations kept while waiting for their recorded chunk
+
+
+@dataclass
+class RecordedChunk:
+    stamp_ns: int
+    t_ns: int                           # bag time it was recorded
+    actions: np.ndarray                 # (chunk_size, action_dim) float32
+    latency: float                      # s, what the node reported
+    kept: int
+    total: int
+
+
+@dataclass
+class Pair:
+    observation: Observation
+    stamp_ns: int
+    t_ns: int                           # bag time the observation was complete
+    recorded: RecordedChunk | None
+
+
+def stamp_ns(header: Any) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def image_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
+    """rosbags Image / CompressedImage -> (H, W, 3) uint8 RGB; unsupported encodings raise ValueError."""
+    if msgtype.endswith("CompressedImage"):
+        from PIL import Image as PILImage
+        return np.asarray(PILImage.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
+    enc = msg.encoding.lower()
+    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+    if enc not in channels:
+        raise ValueError(f"image encoding {msg.encoding!r} not supported (rgb8, bgr8, rgba8, bgra8, mono8)")
+    c, h, w = channels[enc], int(msg.height), int(msg.width)
+    data = np.asarray(msg.data, dtype=np.uint8)
+    if int(msg.step) < w * c or data.size < int(msg.step) * h:
+        raise ValueError(f"image {w}x{h} {enc}: step {msg.step} / {data.size} bytes do not fit")
+    img = data[: int(msg.step) * h].reshape(h, int(msg.step))[:, : w * c].reshape(h, w, c)
+    if enc.startswith("bgr"):
+        img = img[..., [2, 1, 0]]
+    elif enc == "mono8":
+        img = np.repeat(img, 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def chunk_actions(msg: Any) -> np.ndarray:
+    n, d = int(msg.chunk_size), int(msg.action_dim)
+    a = np.asarray(msg.actions, dtype=np.float32)
+    if a.size != n * d:
+        raise ValueError(f"ActionChunk has {a.size} values, chunk_size x action_dim = {n} x {d}")
+    return a.reshape(n, d)   # (chunk_size, action_dim)
+
+
+class BagReplay:
+    """Iterates (observation, recorded chunk) pairs of one bag; counts what the assembler rejected."""
+
+    def __init__(self, reader: BagReader, cfg: ReplayConfig):
+        self.reader, self.cfg = reader, cfg
+        self.rejections: Counter[str] = Counter()
+        self.chunks_recorded = 0
+        self.chunks_unmatched = 0
+        self.has_chunks = cfg.chunk_topic in reader.topics and (reader.topics[cfg.chunk_topic].count or 0) > 0
+        required: dict[str, str | None] = {t: None for t in cfg.camera_topics}
+        if cfg.proprio_sources and any(s.startswith("joint:") for s in cfg.proprio_sources):
+            required[cfg.joint_topic] = "sensor_msgs/msg/JointState"
+        if cfg.proprio_sources and any(not s.startswith("joint:") for s in cfg.proprio_sources):
+            required[cfg.eef_topic] = "geometry_msgs/msg/PoseStamped"
+        if not cfg.instruction:
+            required[cfg.instruction_topic] = "std_msgs/msg/String"
+        reader.require(required)
+        for t in cfg.camera_topics:
+            if reader.topics[t].msgtype not in IMAGE_TYPES:
+                raise BagError(reader.path, f"type {reader.topics[t].msgtype} is not an image type", t)
+        if self.has_chunks:
+            reader.require({cfg.chunk_topic: CHUNK_TYPE})
+
+    def __iter__(self) -> Iterator[Pair]:
+        cfg, reader = self.cfg, self.reader
+        asm = ObservationAssembler(cfg.camera_topics, cfg.pairing_tolerance, cfg.max_observation_age,
+                                   cfg.proprio_sources, instruction=cfg.instruction)
+        topics = set(cfg.camera_topics) | {cfg.joint_topic, cfg.eef_topic, cfg.instruction_topic, cfg.chunk_topic}
+        pending: OrderedDict[int, tuple[Observation, int]] = OrderedDict()   # stamp µs -> (obs, t_ns)
+        current: tuple[int, Observation, int] | None = None
+        emitted = 0
+        for m in reader.messages(topics & set(reader.topics)):
+            if cfg.max_frames and emitted >= cfg.max_frames:
+                return
+            msg = reader.decode(m)
+            now = m.t_ns * 1e-9
+            if m.topic == cfg.chunk_topic:
+                self.chunks_recorded += 1
+                rec = RecordedChunk(stamp_ns(msg.header), m.t_ns, chunk_actions(msg), float(msg.inference_latency),
+                                    int(msg.visual_tokens_kept), int(msg.visual_tokens_total))
+                key = next((k for k in (round(rec.stamp_ns / 1e3) + d for d in (0, -1, 1)) if k in pending), None)
+                if key is not None:
+                    obs, t_obs = pending.pop(key)
+                    emitted += 1
+                    yield Pair(obs, rec.stamp_ns, t_obs, rec)
+                else:
+                    self.chunks_unmatched += 1
+                continue
+            try:
+                if m.topic in cfg.camera_topics:
+                    asm.add_image(m.topic, image_to_rgb(msg, m.msgtype), stamp_ns(msg.header) * 1e-9)
+                elif m.topic == cfg.joint_topic:
+                    asm.add_joint_state(list(msg.name), np.asarray(msg.position, dtype=np.float64),
+                                        stamp_ns(msg.header) * 1e-9)
+                elif m.topic == cfg.eef_topic:
+                    p, q = msg.pose.position, msg.pose.orientation
+                    asm.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_ns(msg.header) * 1e-9)
+                elif m.topic == cfg.instruction_topic and not cfg.instruction:
+                    asm.set_instruction(msg.data)
+            except ValueError as err:
+                raise BagError(reader.path, f"message at t={m.t_ns} ns: {err}", m.topic) from err
+            out = asm.assemble(now)
+            if isinstance(out, Rejection):
+                if m.topic in cfg.camera_topics:
+                    self.rejections[out.reason] += 1
+                continue
+            s = round(out.stamp * 1e6)         # µs key: float seconds cannot hold epoch ns exactly
+            if self.has_chunks:
+                pending[s] = (out, m.t_ns)       # the last assembly for this stamp wins
+                pending.move_to_end(s)
+                while len(pending) > cfg.keep_pending:
+                    pending.popitem(last=False)
+            else:                                # no recorded chunks: each new stamp is one frame
+                if current is not None and current[0] != s:
+                    emitted += 1
+                    yield Pair(current[1], current[0] * 1000, current[2], None)
+                current = (s, out, m.t_ns)
+        if current is not None and not (cfg.max_frames and emitted >= cfg.max_frames):
+            yield Pair(current[1], current[0] * 1000, current[2], None)
