@@ -1,0 +1,656 @@
+"""LightVLA policy node: cameras + proprio + instruction in, pruned VLA chunks and per-step actions out.
+
+A thin adapter around VLAPolicy.infer(Observation) -> PolicyOutput (lightvla_ros.policy), the
+ObservationAssembler (pairing, staleness) and a chunk scheduler (open_loop | async | temporal_ensemble).
+
+Subscribes (topics are parameters; defaults in docs/interfaces.md)
+  <camera_topics[i]>               sensor_msgs/Image rgb8|bgr8|mono8 (image_transport raw|both), sensor-data QoS
+  <camera_topics[i]>/compressed    sensor_msgs/CompressedImage jpeg|png (image_transport compressed|both)
+  /joint_states                    sensor_msgs/JointState, sensor-data QoS
+  /eef_pose                        geometry_msgs/PoseStamped, sensor-data QoS
+  /instruction                     std_msgs/String, reliable + transient local
+Publishes
+  /lightvla/action_chunk           ActionChunk, one per inference, stamp = observation stamp
+  /lightvla/action                 ActionChunk with chunk_size 1, once per control step, stamp = step time
+  /lightvla/joint_trajectory       JointTrajectory, one per inference (action_space joint_position only)
+  /lightvla/pruning_stats          PruningStats, one per inference, stamp = observation stamp
+  /diagnostics                     DiagnosticArray, every diagnostics_period s
+Services
+  ~/reset (std_srvs/Trigger), ~/set_instruction (lightvla_interfaces/SetInstruction)
+
+Threads: sensor callbacks (reentrant group), the step timer (own group) and services run on a
+MultiThreadedExecutor; the model runs on one worker thread, so the step timer keeps its rate while
+the model computes. One lock guards the assembler, the scheduler and the counters.
+"""
+from __future__ import annotations
+
+import array
+import statistics
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration, Time as TimeMsg
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PoseStamped
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from lightvla_interfaces.msg import ActionChunk, PruningStats
+from lightvla_interfaces.srv import SetInstruction
+from lightvla_ros.policy.chunking import SCHEDULERS, make_scheduler
+from lightvla_ros.policy.observation_sync import ObservationAssembler, Rejection
+from lightvla_ros.policy.types import Observation, PolicyOutput
+from lightvla_ros.ros.conversions import compressed_to_rgb, image_to_rgb
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+# name: (default, description). Lists default to [] are declared with their type (see _declare).
+PARAMETERS = {
+    "checkpoint": ("", "checkpoint directory (released LightVLA / OFT layout)"),
+    "device": ("auto", "auto | cpu | cuda | cuda:N"),
+    "dtype": ("auto", "auto | float32 | bfloat16 | float16"),
+    "compile": (False, "torch.compile the model at start-up"),
+    "unnorm_key": ("", "dataset statistics key for unnormalising actions ('' = the checkpoint's only/default key)"),
+    "camera_names": (["agentview", "wrist"], "camera names, in the model's image order"),
+    "camera_topics": (["/camera/agentview/image_raw", "/camera/wrist/image_raw"], "one topic per camera name"),
+    "image_transport": ("raw", "raw (Image) | compressed (CompressedImage on <topic>/compressed) | both"),
+    "joint_states_topic": ("/joint_states", "sensor_msgs/JointState"),
+    "eef_pose_topic": ("/eef_pose", "geometry_msgs/PoseStamped, end effector in the robot base frame"),
+    "instruction_topic": ("/instruction", "std_msgs/String, transient local"),
+    "instruction": ("", "task instruction; the topic and ~/set_instruction replace it"),
+    "proprio_sources": (["eef_pos", "eef_axis_angle", "joint:gripper0_finger_joint1", "joint:gripper0_finger_joint2"],
+                        "proprio pieces in order: eef_pos (3), eef_axis_angle (3), joint:<name> (1)"),
+    "control_rate_hz": (20.0, "per-step action rate"),
+    "execution_mode": ("open_loop", "open_loop | async | temporal_ensemble"),
+    "open_loop_steps": (0, "open_loop: steps executed per chunk (0 = the whole chunk)"),
+    "async_blend": ("linear", "async: overlap blend, linear | none (ignored when async_blend_weights is set)"),
+    "async_blend_weights": ([], "async: weights of the NEW chunk per overlapping step, last repeats ([] = use async_blend)"),
+    "async_latency_margin_steps": (1, "async: request this many steps earlier than the measured latency"),
+    "async_delay_compensation": (True, "async: drop the chunk steps that passed since its observation"),
+    "ensemble_m": (0.01, "temporal_ensemble: w_i = exp(-m * i), i = 0 oldest chunk"),
+    "ensemble_query_every": (1, "temporal_ensemble: request a chunk every N executed steps"),
+    "max_observation_age": (0.5, "s; older observations are stale: no inference, no actions"),
+    "pairing_tolerance": (0.05, "s; max spread of the camera stamps in one observation"),
+    "wait_for_new_observation": (True, "open_loop: infer only from an observation newer than the last step"),
+    "publish_on_arrival": (True, "a step found empty is served as soon as the chunk arrives (lock-step sim)"),
+    "action_min": ([], "per-dimension lower limits (one value = all dims; [] = none)"),
+    "action_max": ([], "per-dimension upper limits (one value = all dims; [] = none)"),
+    "limit_mode": ("clip", "clip | reject: what to do with a chunk outside the limits"),
+    "publish_hold_on_stale": (False, "publish one hold action when observations stop"),
+    "hold_action": ([], "the hold action ([] = zeros, or the last action for joint_position)"),
+    "joint_names": ([], "JointTrajectory joint names, one per action dim (joint_position only)"),
+    "diagnostics_period": (1.0, "s between /diagnostics messages"),
+}
+EMPTY_LIST_DEFAULTS = {"async_blend_weights": Parameter.Type.DOUBLE_ARRAY, "action_min": Parameter.Type.DOUBLE_ARRAY,
+                       "action_max": Parameter.Type.DOUBLE_ARRAY, "hold_action": Parameter.Type.DOUBLE_ARRAY,
+                       "joint_names": Parameter.Type.STRING_ARRAY}
+
+
+class StartupError(RuntimeError):
+    """A configuration problem found at start-up: logged as one clear line, exit code 2."""
+
+
+def stamp_sec(t: TimeMsg) -> float:
+    return float(t.sec) + float(t.nanosec) * 1e-9
+
+
+def time_msg(seconds: float) -> TimeMsg:
+    ns = int(round(seconds * 1e9))
+    return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+
+
+def pctl(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
+
+
+class PolicyNode(Node):
+    def __init__(self, policy=None):
+        super().__init__("lightvla_policy")
+        self._declare()
+        p = self._p
+        if p("image_transport") not in ("raw", "compressed", "both"):
+            raise StartupError(f"image_transport must be raw, compressed or both, got {p('image_transport')!r}")
+        if p("execution_mode") not in SCHEDULERS:
+            raise StartupError(f"execution_mode must be one of {', '.join(SCHEDULERS)}, got {p('execution_mode')!r}")
+        if p("limit_mode") not in ("clip", "reject"):
+            raise StartupError(f"limit_mode must be clip or reject, got {p('limit_mode')!r}")
+        if not p("control_rate_hz") > 0:
+            raise StartupError(f"control_rate_hz must be > 0, got {p('control_rate_hz')}")
+        self.camera_names = list(p("camera_names"))
+        self.camera_topics = list(p("camera_topics"))
+        if len(self.camera_names) != len(self.camera_topics):
+            raise StartupError(f"camera_names has {len(self.camera_names)} entries but camera_topics "
+                               f"{len(self.camera_topics)}: give one topic per camera")
+        self.control_period = 1.0 / float(p("control_rate_hz"))
+
+        # --- the model, loaded once ---
+        self.policy = policy if policy is not None else self._load_policy()
+        if self.policy.num_images != len(self.camera_names):
+            raise StartupError(f"the checkpoint expects {self.policy.num_images} camera image(s) but "
+                               f"{len(self.camera_names)} camera(s) are configured ({self.camera_names})")
+        self.chunk_size, self.action_dim = int(self.policy.chunk_size), int(self.policy.action_dim)
+        self.action_space = str(self.policy.action_space)
+        try:
+            self.assembler = ObservationAssembler(
+                self.camera_names, pairing_tolerance=p("pairing_tolerance"),
+                max_observation_age=p("max_observation_age"), proprio_sources=p("proprio_sources"),
+                instruction=p("instruction"))
+            weights = list(p("async_blend_weights"))
+            self.scheduler = make_scheduler(
+                p("execution_mode"), self.chunk_size, self.action_dim, self.control_period,
+                open_loop_steps=p("open_loop_steps") or None, blend=weights or p("async_blend"),
+                latency_margin_steps=p("async_latency_margin_steps"),
+                delay_compensation=p("async_delay_compensation"), ensemble_m=p("ensemble_m"),
+                query_every=p("ensemble_query_every"))
+        except ValueError as e:
+            raise StartupError(str(e)) from None
+        want_proprio = int(getattr(self.policy, "proprio_dim", 0) or 0)
+        if want_proprio and self.assembler.proprio_dim != want_proprio:
+            raise StartupError(f"proprio_sources {p('proprio_sources')} give {self.assembler.proprio_dim} values "
+                               f"but the checkpoint expects proprio_dim {want_proprio}")
+        self.action_min = self._limits("action_min")
+        self.action_max = self._limits("action_max")
+        self.hold_action = self._limits("hold_action")
+        self.joint_names = list(p("joint_names")) or [f"joint_{i}" for i in range(self.action_dim)]
+        if self.action_space == "joint_position" and len(self.joint_names) != self.action_dim:
+            raise StartupError(f"joint_names has {len(self.joint_names)} names but the action has {self.action_dim} dims")
+
+        # --- state (guarded by _lock) ---
+        self._lock = threading.Lock()
+        self._epoch = 0                      # bumped by reset / stall: in-flight results are dropped
+        self._last_good_obs: float | None = None   # stamp of the newest observation that assembled
+        self._obs_after = -1.0               # an inference needs an observation newer than this
+        self._pending_step: float | None = None  # step time found empty, served when the chunk lands
+        self._publishing = False
+        self._last_action: np.ndarray | None = None
+        self._stamps: OrderedDict[float, TimeMsg] = OrderedDict()  # float stamp -> exact header stamp
+        self.rejected: Counter = Counter()   # observation rejections by reason
+        self.bad_input: Counter = Counter()  # malformed messages by kind
+        self.safety: Counter = Counter()     # nan_action, clipped_chunks, rejected_chunks, stalls, dropped_chunks
+        self._logged: set[str] = set()
+        self._tick_times: deque[float] = deque(maxlen=200)
+        self._action_times: deque[float] = deque(maxlen=200)
+        self._model_latency: deque[float] = deque(maxlen=200)
+        self._node_latency: deque[float] = deque(maxlen=200)   # request -> chunk published, minus model time
+        self.inferences = 0
+        self.actions_published = 0
+
+        # --- worker ---
+        self._job: tuple[Observation, int, float] | None = None
+        self._job_cv = threading.Condition(self._lock)
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name="lightvla_inference", daemon=True)
+
+        # --- ROS interfaces ---
+        sensors = ReentrantCallbackGroup()
+        step_group = MutuallyExclusiveCallbackGroup()
+        misc = MutuallyExclusiveCallbackGroup()
+        transport = p("image_transport")
+        self._subs = []
+        for name, topic in zip(self.camera_names, self.camera_topics):
+            if transport in ("raw", "both"):
+                self._subs.append(self.create_subscription(
+                    Image, topic, lambda m, n=name: self._on_image(n, m, False), qos_profile_sensor_data,
+                    callback_group=sensors))
+            if transport in ("compressed", "both"):
+                self._subs.append(self.create_subscription(
+                    CompressedImage, topic.rstrip("/") + "/compressed", lambda m, n=name: self._on_image(n, m, True),
+                    qos_profile_sensor_data, callback_group=sensors))
+        if self.assembler.joint_names:
+            self._subs.append(self.create_subscription(JointState, p("joint_states_topic"), self._on_joint_state,
+                                                       qos_profile_sensor_data, callback_group=sensors))
+        if self.assembler.needs_eef:
+            self._subs.append(self.create_subscription(PoseStamped, p("eef_pose_topic"), self._on_eef_pose,
+                                                       qos_profile_sensor_data, callback_group=sensors))
+        self._subs.append(self.create_subscription(String, p("instruction_topic"), self._on_instruction, LATCHED,
+                                                   callback_group=misc))
+        self.pub_chunk = self.create_publisher(ActionChunk, "/lightvla/action_chunk", RELIABLE)
+        self.pub_action = self.create_publisher(ActionChunk, "/lightvla/action", RELIABLE)
+        self.pub_stats = self.create_publisher(PruningStats, "/lightvla/pruning_stats", RELIABLE)
+        self.pub_traj = (self.create_publisher(JointTrajectory, "/lightvla/joint_trajectory", RELIABLE)
+                         if self.action_space == "joint_position" else None)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=misc)
+        self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction, callback_group=misc)
+        self.add_on_set_parameters_callback(self._on_params)
+        self._step_timer = self.create_timer(self.control_period, self._on_step, callback_group=step_group)
+        self._diag_timer = self.create_timer(float(p("diagnostics_period")), self._publish_diagnostics,
+                                             callback_group=misc)
+
+    # ------------------------------------------------------------------ set-up
+    def _declare(self) -> None:
+        for name, (default, desc) in PARAMETERS.items():
+            d = ParameterDescriptor(description=desc)
+            try:
+                if name in EMPTY_LIST_DEFAULTS:  # declared with a type, no value: [] unless set
+                    self.declare_parameter(name, EMPTY_LIST_DEFAULTS[name], d)
+                else:
+                    self.declare_parameter(name, default, d)
+            except (InvalidParameterTypeException, InvalidParameterValueException) as e:
+                raise StartupError(f"parameter {name!r}: {e} (expected like {default!r})") from None
+
+    def _p(self, name: str):
+        param = self.get_parameter_or(name, None)
+        if param is None or param.type_ == Parameter.Type.NOT_SET:  # a typed list never set: []
+            return []
+        return param.value
+
+    def _limits(self, name: str) -> np.ndarray | None:
+        vals = list(self._p(name))
+        if not vals:
+            return None
+        if len(vals) == 1:
+            vals = vals * self.action_dim
+        if len(vals) != self.action_dim:
+            raise StartupError(f"{name} has {len(vals)} values; give 1 or action_dim = {self.action_dim}")
+        return np.asarray(vals, dtype=np.float32)
+
+    def _load_policy(self):
+        ckpt = str(self._p("checkpoint"))
+        if not ckpt:
+            raise StartupError("no checkpoint: set the 'checkpoint' parameter to a LightVLA checkpoint directory")
+        if not Path(ckpt).is_dir():
+            raise StartupError(f"checkpoint directory {ckpt!r} does not exist (parameter 'checkpoint')")
+        from lightvla_ros.policy.vla_policy import VLAPolicy
+
+        kwargs = dict(device=self._p("device"), dtype=self._p("dtype"), compile=bool(self._p("compile")))
+        if self._p("unnorm_key"):
+            kwargs["unnorm_key"] = self._p("unnorm_key")
+        t0 = time.monotonic()
+        try:
+            policy = VLAPolicy(ckpt, **kwargs)
+        except Exception as e:  # CheckpointError, OSError, ...: one clear line, not a traceback
+            raise StartupError(f"could not load checkpoint {ckpt!r}: {type(e).__name__}: {e}") from None
+        self.get_logger().info(f"loaded {ckpt} in {time.monotonic() - t0:.1f} s: chunk {policy.chunk_size} x "
+                               f"{policy.action_dim} ({policy.action_space}), {policy.num_images} image(s), "
+                               f"proprio {policy.proprio_dim}")
+        return policy
+
+    def start(self) -> None:
+        """Warm the model up, then start the worker; logs 'policy ready'."""
+        t0 = time.monotonic()
+        self.policy.warmup()
+        self._worker.start()
+        self.get_logger().info(
+            f"policy ready (warm-up {time.monotonic() - t0:.2f} s; mode {self._p('execution_mode')}, "
+            f"{1.0 / self.control_period:g} Hz, cameras {dict(zip(self.camera_names, self.camera_topics))})")
+
+    def close(self) -> None:
+        with self._lock:
+            self._running = False
+            self._job_cv.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout=5.0)
+
+    # ------------------------------------------------------------------ helpers
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _report(self, counter: Counter, kind: str, message: str) -> None:
+        """Count a problem; log it once per kind (the counts go to /diagnostics)."""
+        counter[kind] += 1
+        if kind not in self._logged:
+            self._logged.add(kind)
+            self.get_logger().warning(f"{kind}: {message} (logged once; counted in /diagnostics)")
+
+    def _remember_stamp(self, header_stamp: TimeMsg) -> float:
+        t = stamp_sec(header_stamp)
+        self._stamps[t] = header_stamp
+        self._stamps.move_to_end(t)
+        while len(self._stamps) > 512:
+            self._stamps.popitem(last=False)
+        return t
+
+    def _stamp_of(self, t: float) -> TimeMsg:
+        return self._stamps.get(t) or time_msg(t)
+
+    # ------------------------------------------------------------------ inputs
+    def _on_image(self, camera: str, msg, compressed: bool) -> None:
+        try:
+            rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+        except ValueError as e:
+            text = str(e)
+            if compressed:
+                kind = "empty_image" if "no data" in text else "bad_compressed"
+            elif "encoding" in text:
+                kind = "bad_encoding"
+            elif "no data" in text:
+                kind = "empty_image"
+            else:
+                kind = "bad_size"
+            with self._lock:
+                self._report(self.bad_input, kind, f"camera {camera!r}: {text}")
+            return
+        with self._lock:
+            t = self._remember_stamp(msg.header.stamp)
+            self.assembler.add_image(camera, rgb, t)
+            self._maybe_request(self._now(), count_rejection=False)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        with self._lock:
+            try:
+                self.assembler.add_joint_state(list(msg.name), list(msg.position), stamp_sec(msg.header.stamp))
+            except ValueError as e:
+                self._report(self.bad_input, "bad_joint_state", f"{self._p('joint_states_topic')}: {e}")
+
+    def _on_eef_pose(self, msg: PoseStamped) -> None:
+        p, q = msg.pose.position, msg.pose.orientation
+        with self._lock:
+            self.assembler.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_sec(msg.header.stamp))
+
+    def _on_instruction(self, msg: String) -> None:
+        self._set_instruction(msg.data, "topic")
+
+    def _set_instruction(self, text: str, source: str) -> tuple[bool, str]:
+        with self._lock:
+            if not text or not text.strip():
+                self._report(self.bad_input, "empty_instruction", f"empty instruction from the {source} ignored")
+                return False, "empty instruction ignored; the previous one stays"
+            changed = text != self.assembler.instruction
+            self.assembler.set_instruction(text)
+            if changed:
+                self._clear_queue(self._now())
+        if changed:
+            self.get_logger().info(f"instruction ({source}): {text!r}")
+        return True, f"instruction set: {text!r}"
+
+    def _on_params(self, params) -> SetParametersResult:
+        for prm in params:
+            if prm.name == "instruction" and prm.value:
+                self._set_instruction(prm.value, "parameter")
+            elif prm.name in ("checkpoint", "device", "dtype", "camera_topics", "camera_names", "execution_mode",
+                              "control_rate_hz", "image_transport", "proprio_sources"):
+                return SetParametersResult(successful=False, reason=f"{prm.name} is read at start-up only")
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ services
+    def _clear_queue(self, now: float) -> None:
+        """Drop queued actions and in-flight results; need a fresh observation (lock held)."""
+        self.scheduler.reset()
+        self._epoch += 1
+        self._pending_step = None
+        self._job = None
+        self._obs_after = now
+
+    def _on_reset(self, request, response):
+        with self._lock:
+            self._clear_queue(self._now())
+            self.assembler.clear()  # a new episode: forget buffered frames and proprio too
+            self._last_good_obs = None
+        self.policy.reset()
+        response.success, response.message = True, "action queue and buffered observations cleared; waiting for new observations"
+        return response
+
+    def _on_set_instruction(self, request, response):
+        response.success, response.message = self._set_instruction(request.instruction, "service")
+        return response
+
+    # ------------------------------------------------------------------ the control step
+    def _on_step(self) -> None:
+        now = self._now()
+        with self._lock:
+            self._tick_times.append(time.monotonic())
+            obs = self.assembler.assemble(now)
+            if isinstance(obs, Observation):
+                self._last_good_obs = max(obs.stamp, self._last_good_obs or obs.stamp)
+            stalled = self._last_good_obs is None or now - self._last_good_obs > self.assembler.max_observation_age
+            if stalled:
+                if self._publishing:
+                    self._publishing = False
+                    self.safety["stalls"] += 1
+                    age = "never" if self._last_good_obs is None else f"{now - self._last_good_obs:.2f} s ago"
+                    self.get_logger().warning(f"observations stopped (last usable {age}): actions stopped")
+                    self._clear_queue(now)
+                    if self._p("publish_hold_on_stale"):
+                        self._publish_hold(now)
+                if isinstance(obs, Rejection):
+                    self._report(self.rejected, obs.reason, obs.message)
+                return
+            self._maybe_request(now, count_rejection=True, obs=obs)
+            action = self.scheduler.next_action(now)
+            if action is None:
+                self._pending_step = now
+                return
+            self._pending_step = None
+            self._publish_step(action, now)
+
+    def _maybe_request(self, now: float, count_rejection: bool, obs=None) -> None:
+        """Hand an observation to the worker if the scheduler wants a chunk (lock held)."""
+        if self._job is not None or not self.scheduler.wants_inference(now):
+            return
+        if obs is None:
+            obs = self.assembler.assemble(now)
+        if isinstance(obs, Rejection):
+            if count_rejection:
+                self._report(self.rejected, obs.reason, obs.message)
+            return
+        self._last_good_obs = max(obs.stamp, self._last_good_obs or obs.stamp)
+        if obs.stamp <= self._obs_after:  # from before the last step / reset: wait for a newer one
+            return
+        self.scheduler.inference_started(now)
+        self._job = (obs, self._epoch, time.monotonic())
+        self._job_cv.notify()
+
+    def _publish_step(self, action: np.ndarray, step_time: float) -> None:
+        """Publish one control step's action (lock held); a last safety check on the values."""
+        if not np.all(np.isfinite(action)):
+            self._report(self.safety, "nan_action", "a step action had NaN/Inf values: not published")
+            return
+        if self.action_min is not None and np.any(action < self.action_min - 1e-6) or \
+                self.action_max is not None and np.any(action > self.action_max + 1e-6):
+            self._report(self.safety, "out_of_limits_step", f"step action {action.tolist()} outside limits: not published")
+            return
+        msg = ActionChunk()
+        msg.header.stamp = time_msg(step_time)
+        msg.chunk_size, msg.action_dim = 1, self.action_dim
+        msg.actions = array.array("f", action.astype(np.float32).tobytes())
+        msg.action_space = self.action_space
+        self.pub_action.publish(msg)
+        self._publishing = True
+        self._last_action = action
+        self.actions_published += 1
+        self._action_times.append(time.monotonic())
+        if self._p("execution_mode") == "open_loop" and self._p("wait_for_new_observation"):
+            self._obs_after = max(self._obs_after, step_time)
+
+    def _publish_hold(self, now: float) -> None:
+        if self.hold_action is not None:
+            hold = self.hold_action
+        elif self.action_space == "joint_position" and self._last_action is not None:
+            hold = self._last_action
+        else:
+            hold = np.zeros(self.action_dim, dtype=np.float32)
+        msg = ActionChunk()
+        msg.header.stamp = time_msg(now)
+        msg.chunk_size, msg.action_dim = 1, self.action_dim
+        msg.actions = array.array("f", np.asarray(hold, dtype=np.float32).tobytes())
+        msg.action_space = self.action_space
+        self.pub_action.publish(msg)
+        self.safety["holds"] += 1
+
+    # ------------------------------------------------------------------ the worker
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while self._running and self._job is None:
+                    self._job_cv.wait(timeout=0.2)
+                if not self._running:
+                    return
+                obs, epoch, t_request = self._job
+            try:
+                out = self.policy.infer(obs)
+            except Exception as e:  # a model error must not take the node down
+                with self._lock:
+                    self._report(self.safety, "inference_error", f"inference failed: {type(e).__name__}: {e}")
+                    if self._job is not None and self._job[1] == epoch:
+                        self._job = None
+                        self.scheduler.inference_failed(self._now())
+                continue
+            with self._lock:
+                if self._job is None or self._job[1] != epoch:   # reset / stall while inferring
+                    self.safety["dropped_chunks"] += 1
+                    continue
+                self._job = None
+                self.inferences += 1
+                actions = self._check_chunk(out.actions)
+                if actions is None:
+                    self.scheduler.inference_failed(self._now())
+                    continue
+                out.actions = actions
+                self._publish_chunk(out, t_request)
+                now = self._now()
+                self.scheduler.add_chunk(actions, obs.stamp, now)
+                if self._pending_step is not None and self._p("publish_on_arrival") and self._publishing_allowed(now):
+                    action = self.scheduler.next_action(now)
+                    if action is not None:
+                        step_time, self._pending_step = self._pending_step, None
+                        self._publish_step(action, step_time)
+
+    def _publishing_allowed(self, now: float) -> bool:
+        return self._last_good_obs is not None and now - self._last_good_obs <= self.assembler.max_observation_age
+
+    def _check_chunk(self, actions: np.ndarray) -> np.ndarray | None:
+        """NaN/Inf -> reject; outside limits -> clip or reject per limit_mode (lock held)."""
+        actions = np.asarray(actions, dtype=np.float32)
+        if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] != self.action_dim:
+            self._report(self.safety, "bad_chunk_shape", f"chunk of shape {actions.shape}: not used")
+            return None
+        if not np.all(np.isfinite(actions)):
+            self._report(self.safety, "nan_action", "the model returned NaN/Inf actions: chunk not used")
+            return None
+        lo = self.action_min if self.action_min is not None else -np.inf
+        hi = self.action_max if self.action_max is not None else np.inf
+        outside = (actions < lo) | (actions > hi)
+        if outside.any():
+            if self._p("limit_mode") == "reject":
+                self._report(self.safety, "rejected_chunks", f"{int(outside.sum())} action values outside "
+                                                             "[action_min, action_max]: chunk rejected")
+                return None
+            self._report(self.safety, "clipped_chunks", f"{int(outside.sum())} action values clipped to "
+                                                        "[action_min, action_max]")
+            self.safety["clipped_values"] += int(outside.sum())
+            actions = np.clip(actions, lo, hi).astype(np.float32)
+        return actions
+
+    def _publish_chunk(self, out: PolicyOutput, t_request: float) -> None:
+        stamp = self._stamp_of(out.stamp)
+        model_time = float(out.timings.get("total", 0.0))
+        msg = ActionChunk()
+        msg.header.stamp = stamp
+        msg.chunk_size, msg.action_dim = int(out.actions.shape[0]), int(out.actions.shape[1])
+        msg.actions = array.array("f", np.ascontiguousarray(out.actions, dtype=np.float32).tobytes())
+        msg.action_space = out.action_space
+        msg.inference_latency = model_time
+        msg.visual_tokens_kept, msg.visual_tokens_total = out.kept_total, out.total_tokens
+        self.pub_chunk.publish(msg)
+        stats = PruningStats()
+        stats.header.stamp = stamp
+        stats.kept_per_image = [int(k) for k in out.kept_per_image]
+        stats.total_per_image = [int(t) for t in out.total_per_image]
+        stats.kept_total, stats.total = out.kept_total, out.total_tokens
+        stats.pruner_time = float(out.timings.get("pruner", 0.0))
+        stats.model_time = model_time
+        self.pub_stats.publish(stats)
+        if self.pub_traj is not None:
+            self.pub_traj.publish(joint_trajectory(out.actions, stamp, self.joint_names, self.control_period))
+        self._model_latency.append(model_time)
+        self._node_latency.append(max(0.0, time.monotonic() - t_request - model_time))
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics_values(self) -> dict[str, str]:
+        with self._lock:
+            def rate(times):
+                recent = [t for t in times if t > time.monotonic() - 2.0]
+                return (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 2 else 0.0
+            s = self.scheduler.stats
+            v = {
+                "execution_mode": self._p("execution_mode"),
+                "state": "publishing" if self._publishing else "waiting for observations",
+                "step_rate_hz": f"{rate(self._tick_times):.2f}",
+                "action_rate_hz": f"{rate(self._action_times):.2f}",
+                "actions_published": str(self.actions_published),
+                "inferences": str(self.inferences),
+                "model_latency_median_s": f"{pctl(self._model_latency, 50):.4f}",
+                "model_latency_p99_s": f"{pctl(self._model_latency, 99):.4f}",
+                "node_overhead_median_s": f"{pctl(self._node_latency, 50):.4f}",
+                "missed_steps": str(s.missed_steps),
+                "pauses": str(s.pauses),
+                "dropped_chunk_steps": str(s.dropped_steps),
+                "instruction": self.assembler.instruction,
+            }
+            for c, prefix in ((self.rejected, "rejected_"), (self.bad_input, "bad_input_"), (self.safety, "safety_")):
+                for k, n in sorted(c.items()):
+                    v[prefix + k] = str(n)
+            return v
+
+    def _publish_diagnostics(self) -> None:
+        v = self.diagnostics_values()
+        st = DiagnosticStatus(name=f"lightvla_ros: {self.get_name()}", hardware_id=self._p("device"))
+        problems = any(k.startswith(("bad_input_", "safety_nan", "safety_inference")) for k in v)
+        st.level = DiagnosticStatus.WARN if (problems or v["state"] != "publishing") else DiagnosticStatus.OK
+        st.message = v["state"]
+        st.values = [KeyValue(key=k, value=val) for k, val in v.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [st]
+        self.pub_diag.publish(arr)
+
+
+def joint_trajectory(actions: np.ndarray, stamp: TimeMsg, joint_names: list[str], period: float) -> JointTrajectory:
+    """(T, D) joint targets -> JointTrajectory; point i is reached at (i + 1) * period after the stamp."""
+    traj = JointTrajectory()
+    traj.header.stamp = stamp
+    traj.joint_names = list(joint_names)
+    for i, row in enumerate(np.asarray(actions, dtype=np.float64)):
+        pt = JointTrajectoryPoint()
+        pt.positions = [float(x) for x in row]
+        ns = int(round((i + 1) * period * 1e9))
+        pt.time_from_start = Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+        traj.points.append(pt)
+    return traj
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = PolicyNode()
+        node.start()
+        executor = MultiThreadedExecutor(num_threads=4)
+        executor.add_node(node)
+        executor.spin()
+    except StartupError as e:
+        get_logger("lightvla_policy").error(str(e))
+        code = 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        try:
+            if node is not None:
+                node.close()
+                node.destroy_node()
+        except KeyboardInterrupt:  # a second Ctrl-C while stopping: still no traceback
+            pass
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
