@@ -31,7 +31,8 @@ class Prediction:
 
     actions: np.ndarray  # (chunk, dim) float32, unnormalised
     normalized_actions: np.ndarray  # (chunk, dim) float32, as the head produced them
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: vision, pruner, llm, head, total
+    # seconds: vision (+ projector), pruner, llm, head, forward (their sum), preprocess, total (whole call)
+    timings: dict[str, float] = field(default_factory=dict)
     kept_per_image: list[int] = field(default_factory=list)
     total_per_image: list[int] = field(default_factory=list)
 
@@ -197,6 +198,7 @@ class LightVLA(nn.Module):
     def predict_action(self, images: list[np.ndarray], instruction: str, proprio: np.ndarray | None = None,
                        unnorm_key: str | None = None, center_crop: bool = True) -> Prediction:
         """Images (H, W, 3) uint8 per camera + instruction (+ raw proprio) -> unnormalised chunk."""
+        start = time.perf_counter()
         stats = self.norm_stats[self.resolve_unnorm_key(unnorm_key)]
         pixel_values, input_ids, attention_mask = self.build_inputs(images, instruction, center_crop)
         proprio_t = None
@@ -208,12 +210,16 @@ class LightVLA(nn.Module):
                                   self.platform.normalization)
             proprio_t = torch.from_numpy(p)[None].to(input_ids.device)
         timings: dict[str, float] = {}
+        preprocess = time.perf_counter() - start
         with torch.inference_mode():
             normalized = self(pixel_values, input_ids, attention_mask, proprio=proprio_t, timings=timings)
         normalized = normalized[0].float().cpu().numpy()  # (chunk, dim)
+        actions = unnormalize_actions(normalized, stats["action"], self.platform.normalization)
         keep = self.pruner.last_keep_mask[0].view(self.num_images, -1)  # (num_images, 256)
+        # total: the whole call (preprocess + network + unnormalise), not just the forward
+        timings.update(preprocess=preprocess, forward=timings["total"], total=time.perf_counter() - start)
         return Prediction(
-            actions=unnormalize_actions(normalized, stats["action"], self.platform.normalization),
+            actions=actions,
             normalized_actions=normalized.astype(np.float32), timings=timings,
             kept_per_image=[int(k) for k in keep.sum(dim=1).tolist()],
             total_per_image=[self.vision_backbone.num_patches] * self.num_images)

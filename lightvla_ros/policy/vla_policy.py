@@ -1,0 +1,107 @@
+"""Transport-free LightVLA policy: Observation in, PolicyOutput (a whole action chunk) out.
+
+The one boundary the ROS node, the bag replayer and the sim runner all call (STYLE.md: openpi's
+`infer(observation) -> actions` with timings beside the result). No ROS and no chunk scheduling
+here: executing the chunk (open loop, async, ensembling) is lightvla_ros.policy.chunking's job,
+and LIBERO's gripper convention is applied by the sim runner (policy.gripper).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from lightvla_ros.model.checkpoint import load_vla
+from lightvla_ros.policy.types import Observation, PolicyOutput
+
+
+class VLAPolicy:
+    """Loads a checkpoint directory once; `infer` runs one forward pass per observation."""
+
+    def __init__(self, checkpoint, device: str = "auto", dtype: str = "auto", compile: bool = False,
+                 center_crop: bool = True, unnorm_key: str | None = None, num_images: int | None = None,
+                 platform: str | None = None):
+        self.model = load_vla(checkpoint, device=device, dtype=dtype, compile=compile, platform=platform,
+                              num_images=num_images, unnorm_key=unnorm_key)
+        self.unnorm_key = self.model.resolve_unnorm_key(unnorm_key)
+        self.center_crop = bool(center_crop)
+        self.num_inferences = 0
+
+    # ---- what the transport needs to know -------------------------------------------------
+    @property
+    def chunk_size(self) -> int:
+        return self.model.platform.chunk_size
+
+    @property
+    def action_dim(self) -> int:
+        return self.model.platform.action_dim
+
+    @property
+    def proprio_dim(self) -> int:
+        """Proprio values expected per observation; 0 if the checkpoint has no proprio projector."""
+        return self.model.platform.proprio_dim if self.uses_proprio else 0
+
+    @property
+    def uses_proprio(self) -> bool:
+        return self.model.proprio_projector is not None
+
+    @property
+    def num_images(self) -> int:
+        return self.model.num_images
+
+    @property
+    def action_space(self) -> str:
+        return self.model.config.get("lightvla", {}).get("action_space") or self.model.platform.action_space
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    # ---- API ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """New episode. The model itself is stateless (one forward per chunk, no KV cache)."""
+        self.num_inferences = 0
+
+    def warmup(self, iterations: int = 1) -> None:
+        """Run dummy inferences so the first real one does not pay allocation / compile costs."""
+        images = [np.zeros((224, 224, 3), dtype=np.uint8) for _ in range(self.num_images)]
+        proprio = np.zeros(self.proprio_dim, dtype=np.float32) if self.uses_proprio else None
+        for _ in range(iterations):
+            self.infer(Observation(images=images, instruction="warm up", proprio=proprio))
+        self.num_inferences = 0
+
+    def infer(self, obs: Observation) -> PolicyOutput:
+        self.validate(obs)
+        pred = self.model.predict_action(obs.images, obs.instruction,
+                                         proprio=obs.proprio if self.uses_proprio else None,
+                                         unnorm_key=self.unnorm_key, center_crop=self.center_crop)
+        if not np.all(np.isfinite(pred.actions)):
+            raise RuntimeError(f"model produced non-finite actions (step {self.num_inferences}): "
+                               f"{pred.actions.tolist()}")
+        self.num_inferences += 1
+        return PolicyOutput(actions=pred.actions.astype(np.float32), stamp=float(obs.stamp),
+                            timings=dict(pred.timings), kept_per_image=list(pred.kept_per_image),
+                            total_per_image=list(pred.total_per_image), action_space=self.action_space)
+
+    def validate(self, obs: Observation) -> None:
+        """Raise ValueError with a message saying what is wrong with `obs`."""
+        if not isinstance(obs, Observation):
+            raise ValueError(f"expected an Observation, got {type(obs).__name__}")
+        if not isinstance(obs.images, (list, tuple)) or len(obs.images) != self.num_images:
+            n = len(obs.images) if isinstance(obs.images, (list, tuple)) else type(obs.images).__name__
+            raise ValueError(f"expected {self.num_images} image(s) (one per configured camera), got {n}")
+        for i, image in enumerate(obs.images):
+            if not isinstance(image, np.ndarray):
+                raise ValueError(f"image {i}: expected a numpy array, got {type(image).__name__}")
+            if image.dtype != np.uint8:
+                raise ValueError(f"image {i}: expected dtype uint8 RGB, got {image.dtype}")
+            if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+                raise ValueError(f"image {i}: expected shape (H, W, 3), got {image.shape}")
+        if not isinstance(obs.instruction, str) or not obs.instruction.strip():
+            raise ValueError(f"instruction must be a non-empty string, got {obs.instruction!r}")
+        if self.uses_proprio:
+            if obs.proprio is None:
+                raise ValueError(f"this checkpoint needs proprio ({self.proprio_dim} values), got None")
+            proprio = np.asarray(obs.proprio)
+            if proprio.shape != (self.proprio_dim,):
+                raise ValueError(f"proprio must have shape ({self.proprio_dim},), got {proprio.shape}")
+            if not np.issubdtype(proprio.dtype, np.number) or not np.all(np.isfinite(proprio)):
+                raise ValueError(f"proprio must be finite numbers, got {proprio.tolist()}")
