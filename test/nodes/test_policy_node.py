@@ -1,0 +1,245 @@
+"""The policy node as a real process on a private DDS domain, driven by an in-test rclpy peer.
+
+One node process serves the whole module (start-up loads torch and warms the tiny model up);
+the tests run in order: missing instruction, good stream, bad inputs, stop/resume, services, Ctrl-C.
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from policy_driver import PolicyDriver, stamp_key, to_sec, to_time
+
+REPO = Path(__file__).resolve().parents[2]
+RATE = 20.0
+PERIOD = 1.0 / RATE
+MAX_AGE = 0.3
+ACTION_MAX0 = 0.05  # the tiny model's first action value is ~0.097: clipped here
+SLACK = 0.25        # DDS + a loaded 2-core machine
+
+
+@pytest.fixture(scope="module")
+def dom(tmp_path_factory):
+    from lightvla_ros.ros.launcher import ros_domain
+
+    with ros_domain(log_dir=tmp_path_factory.mktemp("policy_node")) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def node(dom, tiny_checkpoint):
+    proc = dom.start_node(
+        "lightvla-policy", params_file=REPO / "config" / "policy.yaml", name="lightvla_policy",
+        params={"checkpoint": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
+                "proprio_sources": ["eef_pos", "eef_axis_angle", "joint:finger_l", "joint:finger_r"],
+                "image_transport": "both", "execution_mode": "async", "control_rate_hz": RATE,
+                "max_observation_age": MAX_AGE, "pairing_tolerance": 0.05, "diagnostics_period": 0.25,
+                "action_min": [-1.0], "action_max": [ACTION_MAX0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+                "limit_mode": "clip", "publish_hold_on_stale": True})
+    proc.wait_for_log_line(r"policy ready", timeout=180)
+    yield proc
+
+
+@pytest.fixture(scope="module")
+def drv(dom, node):
+    with dom.rclpy_node("policy_test_peer") as probe:
+        d = PolicyDriver(probe)
+        probe.wait_for_topic("/lightvla/action", timeout=30)
+        yield d
+
+
+def wait_diag(drv, key, above, timeout=3.0):
+    assert drv.wait_for(lambda: drv.count(key) > above, timeout), (key, drv.diagnostics())
+
+
+def test_joint_trajectory_points_are_timed_per_step():
+    from lightvla_ros.nodes.policy_node import joint_trajectory
+
+    actions = np.arange(6, dtype=np.float32).reshape(3, 2)
+    traj = joint_trajectory(actions, to_time(12.5), ["a", "b"], 0.05)
+    assert traj.joint_names == ["a", "b"] and to_sec(traj.header.stamp) == pytest.approx(12.5)
+    assert [p.positions.tolist() if hasattr(p.positions, "tolist") else list(p.positions) for p in traj.points] == \
+        [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert [p.time_from_start.nanosec for p in traj.points] == [50_000_000, 100_000_000, 150_000_000]
+
+
+def test_missing_checkpoint_exits_with_a_clear_error(dom):
+    proc = dom.start_node("lightvla-policy", params={"checkpoint": "/nonexistent/ckpt"}, name="no_ckpt")
+    code = proc.wait(timeout=60)
+    log = proc.log_text()
+    assert code == 2, log
+    assert "does not exist" in log and "/nonexistent/ckpt" in log
+    assert "Traceback" not in log
+
+
+def test_no_instruction_no_action(node, drv):
+    stamps = drv.stream(1.5)
+    drv.spin(0.3)
+    assert drv.chunks == [] and drv.actions == []
+    wait_diag(drv, "rejected_missing_instruction", 0)
+    assert node.is_running()
+    assert "missing_instruction" in node.log_text()
+
+
+def test_good_stream_chunks_actions_stats(node, drv):
+    drv.set_instruction("put the bowl on the plate")
+    drv.spin(0.3)
+    n_chunks0, n_actions0 = len(drv.chunks), len(drv.actions)
+    t0 = time.time()
+    stamps = drv.stream(4.0)
+    drv.spin(0.5)
+    published = {stamp_key(to_time(s)) for s in stamps}
+    chunks = [m for _, m in drv.chunks[n_chunks0:]]
+    assert len(chunks) >= 3, node.log_tail()
+    # every chunk is stamped with the stamp of an observation we sent
+    assert all(stamp_key(m.header.stamp) in published for m in chunks)
+    assert all(m.chunk_size == 8 and m.action_dim == 7 and len(m.actions) == 56 for m in chunks)
+    assert all(m.action_space == "eef_delta_pose_gripper" and m.inference_latency > 0 for m in chunks)
+    # pruning stats: one per chunk, same stamps
+    stat_stamps = {stamp_key(m.header.stamp) for _, m in drv.stats}
+    assert {stamp_key(m.header.stamp) for m in chunks} <= stat_stamps
+    for _, s in drv.stats:
+        assert len(s.kept_per_image) == 2 and s.total == sum(s.total_per_image) and s.kept_total <= s.total
+        assert s.model_time > 0
+    # per-step actions at the control rate: step stamps 50 ms apart, most steps served
+    acts = [(t, m) for t, m in drv.actions[n_actions0:] if t > t0 + 1.0]
+    step_stamps = np.array([to_sec(m.header.stamp) for _, m in acts])
+    assert len(acts) >= 0.5 * RATE * 3.0, f"{len(acts)} actions in 3 s"
+    assert np.all(np.diff(step_stamps) > 0)
+    assert 0.8 * PERIOD <= float(np.median(np.diff(step_stamps))) <= 1.25 * PERIOD
+    assert all(m.chunk_size == 1 and m.action_dim == 7 for _, m in acts)
+    # limits: the first dimension is clipped to ACTION_MAX0, everywhere, and counted
+    values = np.array([list(m.actions) for _, m in acts])
+    assert values[:, 0].max() <= ACTION_MAX0 + 1e-6 and np.all(np.isfinite(values))
+    assert max(np.asarray(m.actions).reshape(8, 7)[:, 0].max() for m in chunks) <= ACTION_MAX0 + 1e-6
+    wait_diag(drv, "safety_clipped_chunks", 0)
+    d = drv.diagnostics()
+    print("diagnostics after the good stream:", d)
+    assert float(d["step_rate_hz"]) == pytest.approx(RATE, rel=0.3)
+    assert int(d["inferences"]) >= len(chunks)
+
+
+def test_bgr_mono_and_compressed_images_are_accepted(drv):
+    for kind in ("bgr_mono", "good_compressed"):
+        n = len(drv.chunks)
+        stamps = {stamp_key(to_time(s)) for s in drv.stream(1.5, kind=kind)}
+        drv.spin(0.4)
+        assert any(stamp_key(m.header.stamp) in stamps for _, m in drv.chunks[n:]), kind
+
+
+BAD_KINDS = [  # (how the driver breaks the observation, diagnostics key, reset first)
+    ("bad_encoding", "bad_input_bad_encoding", False),
+    ("bad_size", "bad_input_bad_size", False),
+    ("empty_image", "bad_input_empty_image", False),
+    ("bad_compressed", "bad_input_bad_compressed", False),
+    ("nan_proprio", "rejected_nan_proprio", False),
+    ("bad_joint_state", "bad_input_bad_joint_state", False),
+    ("unpaired", "rejected_unpaired", False),
+    ("stale", "rejected_stale", False),
+    ("unknown_joint", "rejected_unknown_joint", True),
+    ("missing_camera", "rejected_missing_camera", True),
+]
+
+
+def call(drv, srv_type, name, request, timeout=10.0):
+    client = drv.node.create_client(srv_type, name)
+    try:
+        drv.probe.wait_for_service(client, timeout)
+        fut = client.call_async(request)
+        assert drv.wait_for(fut.done, timeout), f"{name} did not answer"
+        return fut.result()
+    finally:
+        drv.node.destroy_client(client)
+
+
+def test_bad_inputs_are_counted_and_never_acted_on(node, drv):
+    from std_srvs.srv import Trigger
+
+    for kind, key, reset in BAD_KINDS:
+        drv.spin(MAX_AGE + 0.2)  # what came before is stale now
+        if reset:
+            assert call(drv, Trigger, "/lightvla_policy/reset", Trigger.Request()).success
+        before = drv.count(key)
+        t0 = time.time()
+        stamps = drv.stream(1.0, kind=kind, stamp_offset=-1.0 if kind == "stale" else 0.0)
+        t1 = time.time()
+        wait_diag(drv, key, before)
+        bad = {stamp_key(to_time(s)) for s in stamps}
+        assert not [m for _, m in drv.chunks if stamp_key(m.header.stamp) in bad], kind
+        late = [t for t, m in drv.actions if t0 + MAX_AGE + 2 * PERIOD + SLACK < t < t1]
+        assert not late, f"{kind}: {len(late)} actions while the input was bad"
+        assert node.is_running(), node.log_tail()
+    log = node.log_text()
+    for _, key, _ in BAD_KINDS:  # each kind logged with its name (once)
+        name = key.removeprefix("bad_input_").removeprefix("rejected_")
+        assert log.count(f"{name}: ") == 1, name
+    # the good stream brings the actions back
+    n = len(drv.actions)
+    drv.stream(2.0)
+    assert len(drv.actions) - n >= 10, node.log_tail()
+
+
+def test_empty_instruction_is_ignored_and_counted(drv):
+    from lightvla_interfaces.srv import SetInstruction
+
+    before = drv.count("bad_input_empty_instruction")
+    drv.set_instruction("")
+    res = call(drv, SetInstruction, "/lightvla_policy/set_instruction", SetInstruction.Request(instruction="  "))
+    assert not res.success and "empty" in res.message
+    n = len(drv.actions)
+    drv.stream(1.5)
+    wait_diag(drv, "bad_input_empty_instruction", before + 1)  # topic and service
+    assert drv.diagnostics()["instruction"] == "put the bowl on the plate"
+    assert len(drv.actions) > n  # still acting on the previous instruction
+
+
+def test_observations_stop_actions_stop_within_two_periods_then_resume(node, drv):
+    drv.stream(1.5)
+    assert drv.wait_for(lambda: len(drv.actions) > 0, 2.0)
+    last_stamp = drv.published[-1][0]
+    n = len(drv.actions)
+    drv.spin(1.5)
+    after = drv.actions[n:]
+    deadline = last_stamp + MAX_AGE + 2 * PERIOD + 0.1
+    real = [(t, m) for t, m in after if any(m.actions)]
+    holds = [(t, m) for t, m in after if not any(m.actions)]
+    assert all(t <= deadline for t, _ in real), [t - last_stamp for t, _ in real]
+    assert len(holds) == 1 and holds[0][0] <= deadline + SLACK  # publish_hold_on_stale: one zero action
+    assert "observations stopped" in node.log_text()
+    n = len(drv.actions)
+    drv.stream(2.0)
+    assert len(drv.actions) - n >= 10
+
+
+def test_reset_clears_the_queue(drv):
+    from std_srvs.srv import Trigger
+
+    drv.stream(1.0)
+    res = call(drv, Trigger, "/lightvla_policy/reset", Trigger.Request())
+    t_reset = time.time()
+    assert res.success and "cleared" in res.message
+    n = len(drv.chunks)
+    drv.stream(1.5)
+    new = drv.chunks[n:]
+    assert new, "no chunk after reset"
+    # nothing computed from an observation taken before the reset gets through
+    assert all(to_sec(m.header.stamp) > t_reset - 0.1 for t, m in new if t > t_reset + 0.5)
+    assert to_sec(new[-1][1].header.stamp) > t_reset
+
+
+def test_set_instruction_service(drv):
+    from lightvla_interfaces.srv import SetInstruction
+
+    res = call(drv, SetInstruction, "/lightvla_policy/set_instruction",
+               SetInstruction.Request(instruction="open the top drawer"))
+    assert res.success
+    drv.spin(0.6)
+    assert drv.diagnostics()["instruction"] == "open the top drawer"
+
+
+def test_ctrl_c_stops_cleanly(node):
+    code = node.stop()
+    log = node.log_text()
+    assert code == 0, log[-2000:]
+    assert "Traceback" not in log
