@@ -23,7 +23,7 @@ fi
 # 2. Python packages, skipped when the stamp matches.
 stamp_inputs=(requirements/base.txt requirements/nodeps.txt scripts/install.sh setup.py package.xml
               lightvla_interfaces/CMakeLists.txt lightvla_interfaces/package.xml lightvla_interfaces/pyproject.toml)
-stamp_inputs+=(msg/*.msg srv/*.srv)
+stamp_inputs+=(msg/*.msg srv/*.srv scripts/build_interfaces.sh)
 want="$(cat "${stamp_inputs[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
 have="$(cat "$VENV/.lightvla-stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
