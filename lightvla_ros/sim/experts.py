@@ -39,6 +39,7 @@ class Phase:
     tol: float = 0.01     # m; the phase ends once the eef is this close ...
     min_steps: int = 0    # ... and at least this many steps were spent in it (gripper travel)
     max_steps: int = 80   # give up waiting and go on (OSC may not reach a target pressed into the floor)
+    speed: float = 1.0    # cap on each position action component (slow near objects)
 
 
 class WaypointExpert:
@@ -73,7 +74,8 @@ class WaypointExpert:
         chunk = np.zeros((chunk_size, 7), dtype=np.float32)
         for k in range(chunk_size):
             target = self._advance(obs, eef, observed=(k == 0))
-            dpos = np.clip(POS_GAIN * (target - eef) / POS_SCALE, -1.0, 1.0)
+            speed = self.phases[self.phase].speed
+            dpos = np.clip(POS_GAIN * (target - eef) / POS_SCALE, -speed, speed)
             drot = np.clip(ROT_GAIN * rot_err / ROT_SCALE, -1.0, 1.0)
             chunk[k, :3], chunk[k, 3:6] = dpos, drot
             chunk[k, 6] = self.phases[self.phase].gripper
@@ -85,8 +87,10 @@ class WaypointExpert:
     def _advance(self, obs: SimObservation, eef: np.ndarray, observed: bool) -> np.ndarray:
         """Target of the current phase, moving on to the next phase while this one is done.
 
-        A phase that opens or closes the gripper starts only on an observed (not predicted) eef
-        position: the real arm lags the rollout, and grasping early misses the object.
+        A phase ends only on an observed (not predicted) eef position, i.e. at the first step of
+        a chunk: the real arm does not follow the rollout exactly (it lags, then overshoots), and
+        descending or grasping on a predicted arrival knocks or misses the object. Within a chunk
+        the controller keeps converging on the current target.
         """
         while True:
             phase = self.phases[self.phase]
@@ -96,8 +100,7 @@ class WaypointExpert:
             target = self.memory[key]
             reached = np.linalg.norm(target - eef) < phase.tol and self.count >= phase.min_steps
             last = self.phase == len(self.phases) - 1
-            gated = not last and not observed and self.phases[self.phase + 1].gripper != phase.gripper
-            if (reached or self.count >= phase.max_steps) and not last and not gated:
+            if observed and (reached or self.count >= phase.max_steps) and not last:
                 self.phase += 1
                 self.count = 0
                 continue
@@ -134,8 +137,8 @@ class PickPlaceExpert(WaypointExpert):
 
     def _phases(self) -> list[Phase]:
         pick = [
-            Phase("above", "above_obj", -1.0, tol=0.015),
-            Phase("descend", "grasp", -1.0, tol=0.008, max_steps=60),
+            Phase("above", "above_obj", -1.0, tol=0.01),
+            Phase("descend", "grasp", -1.0, tol=0.008, max_steps=60, speed=0.5),
             Phase("close", "grasp", +1.0, tol=np.inf, min_steps=12),
         ]
         if self.place is None:
