@@ -76,8 +76,7 @@ class LightVLA(nn.Module):
         self.norm_stats: dict = {}
         self.tokenizer = None
         self.default_unnorm_key: str | None = None
-        self._llm_forward = self.language_model.model
-        self._vision_forward = self.vision_backbone
+        self._compiled: dict[str, nn.Module] = {}  # a plain dict: not registered as submodules
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -95,8 +94,8 @@ class LightVLA(nn.Module):
 
     def enable_compile(self) -> None:
         """torch.compile the backbone and the LLM (dynamic shapes: the pruned length varies)."""
-        self._llm_forward = torch.compile(self.language_model.model, dynamic=True)
-        self._vision_forward = torch.compile(self.vision_backbone, dynamic=True)
+        self._compiled["llm"] = torch.compile(self.language_model.model, dynamic=True)
+        self._compiled["vision"] = torch.compile(self.vision_backbone, dynamic=True)
 
     # ---- forward --------------------------------------------------------------------------
     def _sync(self, device: torch.device) -> float:
@@ -134,7 +133,8 @@ class LightVLA(nn.Module):
 
         embeds = self.language_model.model.embed_tokens(input_ids)  # (B, T, H)
         embeds = embeds * ~action_mask[..., None]  # placeholders carry no content (OFT)
-        patches = self.projector(self._vision_forward(pixel_values))  # (B, P, H)
+        vision = self._compiled.get("vision", self.vision_backbone)
+        patches = self.projector(vision(pixel_values))  # (B, P, H)
         if patches.shape[1] != self.pruner.num_patches:
             raise ValueError(f"vision produced {patches.shape[1]} patches but pruner.num_patches is "
                              f"{self.pruner.num_patches}; change the image count with set_num_images_in_input()")
@@ -153,8 +153,9 @@ class LightVLA(nn.Module):
         tokens, position_ids, mask = self.pruner(tokens, position_ids, mask)
         t2 = self._sync(device)
 
-        hidden = self._llm_forward(inputs_embeds=tokens, attention_mask=mask, position_ids=position_ids,
-                                   use_cache=False).last_hidden_state  # (B, L', H), final norm applied
+        llm = self._compiled.get("llm", self.language_model.model)
+        hidden = llm(inputs_embeds=tokens, attention_mask=mask, position_ids=position_ids,
+                     use_cache=False).last_hidden_state  # (B, L', H), final norm applied
         t3 = self._sync(device)
 
         # the text block is the last T-1 tokens, unchanged by the pruner: index from the end
