@@ -1,7 +1,7 @@
 """LIBERO gripper post-processing, kept out of the policy so the sim runner applies it explicitly.
 
-OFT's LIBERO models predict the gripper in [0, 1] (1 = close, the dataset convention);
-robosuite expects -1 = open, +1 = close with the opposite sign convention:
+OFT's LIBERO models predict the gripper in [0, 1] with 1 = open, 0 = close (OpenVLA's LIBERO
+data transform clips and flips it); robosuite expects -1 = open, +1 = close. So:
 [0, 1] -> [-1, 1], binarise with sign, invert sign (OFT normalize_gripper_action + invert_gripper_action).
 """
 from __future__ import annotations
