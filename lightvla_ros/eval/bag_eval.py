@@ -33,9 +33,7 @@ def default_proprio_sources(policy: Any, meta: dict) -> list[str]:
         return [str(s) for s in meta["proprio_sources"]]
     try:
         from lightvla_ros.nodes import policy_node
-        for name in ("DEFAULT_PROPRIO_SOURCES", "PROPRIO_SOURCES"):
-            if hasattr(policy_node, name):
-                return list(getattr(policy_node, name))
+        return list(policy_node.PARAMETERS["proprio_sources"][0])
     except Exception:  # noqa: BLE001 - the node needs rclpy; the core does not
         pass
     raise ValueError(f"the checkpoint takes proprio ({policy.proprio_dim} values): pass --proprio-sources "
@@ -114,7 +112,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 entry, frames = evaluate_bag(bag, policy, args, progress=bar)
             episodes.append(episode_entry(entry, frames, opts, detail=not args.no_frames_detail))
             all_frames += frames
-    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("func",)}
+    config = json.loads(json.dumps(vars(args), default=str))
     report = build_report("via_ros" if args.via_ros else "offline", config,
                           checkpoint_identity(args.checkpoint), episodes, all_frames, opts)
     report["policy"] = {k: getattr(policy, k, None) for k in ("chunk_size", "action_dim", "proprio_dim",

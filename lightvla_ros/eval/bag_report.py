@@ -229,10 +229,14 @@ def compare_reports(a: dict, b: dict) -> dict:
             row["delta"] = vb - va
             row["ratio"] = (vb / va) if va else None
         rows.append(row)
-    pa = {(Path(e["bag"]).name, f["stamp_ns"]): np.asarray(f["predicted"]) for e in a["episodes"]
+    # frames pair up by (episode, observation stamp); episodes by bag name, else by position
+    names = lambda r: [Path(e["bag"]).name for e in r["episodes"]]  # noqa: E731
+    by_name = sorted(names(a)) == sorted(names(b))
+    ep_key = lambda i, e: Path(e["bag"]).name if by_name else i  # noqa: E731
+    pa = {(ep_key(i, e), f["stamp_ns"]): np.asarray(f["predicted"]) for i, e in enumerate(a["episodes"])
           for f in e.get("frames_detail", [])}
-    diffs = [np.abs(np.asarray(f["predicted"]) - pa[k]).mean() for e in b["episodes"]
-             for f in e.get("frames_detail", []) if (k := (Path(e["bag"]).name, f["stamp_ns"])) in pa
+    diffs = [np.abs(np.asarray(f["predicted"]) - pa[k]).mean() for i, e in enumerate(b["episodes"])
+             for f in e.get("frames_detail", []) if (k := (ep_key(i, e), f["stamp_ns"])) in pa
              and np.shape(f["predicted"]) == pa[k].shape]
     same_ckpt = _get(a, "checkpoint.sha256") == _get(b, "checkpoint.sha256")
     return {"schema": COMPARE_SCHEMA, "a": {"checkpoint": a.get("checkpoint"), "mode": a.get("mode")},

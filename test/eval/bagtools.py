@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 
-from lightvla_ros.eval.bag_io import BagWriter
+from lightvla_ros.eval.bag_io import METADATA_TOPIC, BagWriter
 from lightvla_ros.policy.types import Observation
 
 PROPRIO_SOURCES = ["eef_pos", "eef_axis_angle", "joint:finger_l", "joint:finger_r"]
@@ -48,8 +49,10 @@ def write_episode(path: Path, storage: str = "mcap", steps: int = 3, policy=None
         T = ts.types
         hdr = lambda ns, frame="": T["std_msgs/msg/Header"](  # noqa: E731
             T["builtin_interfaces/msg/Time"](ns // 10**9, ns % 10**9), frame)
-        w.set_metadata({"task": "synthetic", "instruction": instruction, "success": True,
-                        "proprio_sources": PROPRIO_SOURCES, **(metadata or {})})
+        meta = {"task": "synthetic", "instruction": instruction, "success": True,
+                "proprio_sources": PROPRIO_SOURCES, **(metadata or {})}
+        w.set_metadata(meta)                                       # metadata.yaml custom_data (at close)
+        w.write_msg(METADATA_TOPIC, T0 - 2 * STEP, T["std_msgs/msg/String"](json.dumps(meta)))  # survives a crash
         w.write_msg("/instruction", T0 - STEP, T["std_msgs/msg/String"](instruction))
         for k in range(steps):
             stamp = T0 + k * STEP
