@@ -146,7 +146,7 @@ class PickPlaceExpert(WaypointExpert):
         return pick + [
             Phase("lift", "lifted", +1.0, tol=0.02),
             Phase("carry", "over_place", +1.0, tol=0.015),
-            Phase("lower", "release", +1.0, tol=0.015),
+            Phase("lower", "release", +1.0, tol=0.015, speed=0.5),
             Phase("release", "release", -1.0, tol=np.inf, min_steps=10),
             Phase("retreat", "retreat", -1.0, tol=0.0),
         ]
@@ -183,9 +183,9 @@ def make_expert(env: SimEnv) -> WaypointExpert:
             return PickPlaceExpert(env, "cubeA", "cubeB", approach=0.08, carry_z=b[2] + 0.12,
                                    release_z=b[2] + 0.055)
         if env.task_name == "PickPlaceCan":
-            t = obs.privileged["target"][:3]
+            t = obs.privileged["target"][:3]  # bin floor; success needs the gripper > 4 cm from the can
             return PickPlaceExpert(env, "can", "target", approach=0.10, carry_z=t[2] + 0.25,
-                                   release_z=t[2] + 0.12)
+                                   release_z=t[2] + 0.17)
     if env.suite == "libero_object":
         goal = env.goal_state  # [["in", "<object>_1", "basket_1_contain_region"]]
         obj = goal[0][1]
