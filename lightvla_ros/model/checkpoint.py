@@ -165,11 +165,13 @@ def _load_head(path: Path, prefix: str, expected: dict[str, torch.Tensor], devic
 
 def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile: bool = False,
              platform: str | None = None, num_images: int | None = None,
-             unnorm_key: str | None = None) -> LightVLA:
+             unnorm_key: str | None = None, prune: bool | None = None) -> LightVLA:
     """Load a local checkpoint directory (released LightVLA / OpenVLA-OFT layout) for inference.
 
     platform / num_images / unnorm_key default to the config's "lightvla" block, then to what the
-    statistics and the platform imply. The model comes back in eval mode on `device`.
+    statistics and the platform imply. prune=False runs without the TokenPruner (plain
+    OpenVLA-OFT; default: the config's "lightvla.prune", else True). The model comes back in
+    eval mode on `device`.
     """
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
@@ -213,6 +215,7 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
     vla.default_unnorm_key = unnorm_key or block.get("unnorm_key")
     vla.resolve_unnorm_key()  # fail now, not at the first inference
     vla.checkpoint_step = _step_of(head_file)
+    vla.prune = bool(block.get("prune", True) if prune is None else prune)
     vla.eval()
     if compile:
         vla.enable_compile()

@@ -77,6 +77,8 @@ class LightVLA(nn.Module):
         self.tokenizer = None
         self.default_unnorm_key: str | None = None
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not registered as submodules
+        # False runs plain OpenVLA-OFT (all patches), e.g. for an OFT checkpoint or a baseline
+        self.prune = True
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -150,7 +152,11 @@ class LightVLA(nn.Module):
         ones = attention_mask.new_ones(bsz, patches.shape[1])
         mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)  # (B, L)
         position_ids = torch.arange(tokens.shape[1], device=device)[None].expand(bsz, -1)  # (B, L)
-        tokens, position_ids, mask = self.pruner(tokens, position_ids, mask)
+        if self.prune:
+            tokens, position_ids, mask = self.pruner(tokens, position_ids, mask)
+            self.last_keep_mask = self.pruner.last_keep_mask  # (B, P) bool
+        else:
+            self.last_keep_mask = torch.ones(bsz, self.pruner.num_patches, dtype=torch.bool, device=device)
         t2 = self._sync(device)
 
         llm = self._compiled.get("llm", self.language_model.model)
@@ -216,7 +222,7 @@ class LightVLA(nn.Module):
             normalized = self(pixel_values, input_ids, attention_mask, proprio=proprio_t, timings=timings)
         normalized = normalized[0].float().cpu().numpy()  # (chunk, dim)
         actions = unnormalize_actions(normalized, stats["action"], self.platform.normalization)
-        keep = self.pruner.last_keep_mask[0].view(self.num_images, -1)  # (num_images, 256)
+        keep = self.last_keep_mask[0].view(self.num_images, -1)  # (num_images, 256)
         # total: the whole call (preprocess + network + unnormalise), not just the forward
         timings.update(preprocess=preprocess, forward=timings["total"], total=time.perf_counter() - start)
         return Prediction(

@@ -18,9 +18,9 @@ class VLAPolicy:
 
     def __init__(self, checkpoint, device: str = "auto", dtype: str = "auto", compile: bool = False,
                  center_crop: bool = True, unnorm_key: str | None = None, num_images: int | None = None,
-                 platform: str | None = None):
+                 platform: str | None = None, prune: bool | None = None):
         self.model = load_vla(checkpoint, device=device, dtype=dtype, compile=compile, platform=platform,
-                              num_images=num_images, unnorm_key=unnorm_key)
+                              num_images=num_images, unnorm_key=unnorm_key, prune=prune)
         self.unnorm_key = self.model.resolve_unnorm_key(unnorm_key)
         self.center_crop = bool(center_crop)
         self.num_inferences = 0

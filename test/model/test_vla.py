@@ -245,3 +245,13 @@ def test_normalisation():
     np.testing.assert_allclose(b, [[0.0, 0.5]], atol=1e-6)
     p = normalize_proprio(np.array([5.0, 1.0]), {"q01": [-1.0, 0.0], "q99": [1.0, 2.0]}, "bounds_q99")
     np.testing.assert_allclose(p, [1.0, 0.0], atol=1e-6)  # clipped, and scaled
+
+
+def test_prune_off_runs_plain_oft(vla, images, proprio):
+    lengths = _llm_input_lengths(vla)
+    pruned = vla.predict_action(images, INSTRUCTION, proprio)
+    vla.prune = False
+    full = vla.predict_action(images, INSTRUCTION, proprio)
+    assert full.kept_per_image == [256, 256] and pruned.kept_total < 512
+    assert lengths[1] - lengths[0] == 512 - pruned.kept_total
+    assert not np.allclose(full.normalized_actions, pruned.normalized_actions)
