@@ -348,11 +348,14 @@ class PolicyNode(Node):
                 self.assembler.add_joint_state(list(msg.name), list(msg.position), stamp_sec(msg.header.stamp))
             except ValueError as e:
                 self._report(self.bad_input, "bad_joint_state", f"{self._p('joint_states_topic')}: {e}")
+                return
+            self._maybe_request(self._now(), count_rejection=False)  # the last piece may complete it
 
     def _on_eef_pose(self, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
         with self._lock:
             self.assembler.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_sec(msg.header.stamp))
+            self._maybe_request(self._now(), count_rejection=False)
 
     def _on_instruction(self, msg: String) -> None:
         self._set_instruction(msg.data, "topic")
@@ -421,6 +424,7 @@ class PolicyNode(Node):
                         self._publish_hold(now)
                 if isinstance(obs, Rejection):
                     self._report(self.rejected, obs.reason, obs.message)
+                self._pending_step = now  # lock-step: the first step is due before any observation
                 return
             self._maybe_request(now, count_rejection=True, obs=obs)
             action = self.scheduler.next_action(now)
@@ -516,7 +520,9 @@ class PolicyNode(Node):
                 self._publish_chunk(out, t_request)
                 now = self._now()
                 self.scheduler.add_chunk(actions, obs.stamp, now)
-                if self._pending_step is not None and self._p("publish_on_arrival") and self._publishing_allowed(now):
+                # a step found empty in the last period (lock-step: time stands still) is served now
+                if (self._pending_step is not None and now - self._pending_step <= self.control_period
+                        and self._p("publish_on_arrival") and self._publishing_allowed(now)):
                     action = self.scheduler.next_action(now)
                     if action is not None:
                         step_time, self._pending_step = self._pending_step, None

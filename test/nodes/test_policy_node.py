@@ -243,3 +243,35 @@ def test_ctrl_c_stops_cleanly(node):
     log = node.log_text()
     assert code == 0, log[-2000:]
     assert "Traceback" not in log
+
+
+def test_lock_step_sim_time_every_step_served_while_time_stands_still(dom, tiny_checkpoint):
+    """use_sim_time: the peer advances /clock one step at a time and waits for the action stamped
+    with that step (the sim bridge's lock-step protocol); open_loop re-infers at steps 0, 8, 16."""
+    from rosgraph_msgs.msg import Clock
+
+    proc = dom.start_node(
+        "lightvla-policy", params_file=REPO / "config" / "policy.yaml", name="lightvla_policy_sim",
+        params={"checkpoint": str(tiny_checkpoint), "device": "cpu", "dtype": "float32", "use_sim_time": True,
+                "proprio_sources": ["eef_pos", "eef_axis_angle", "joint:finger_l", "joint:finger_r"],
+                "instruction": "stack the blocks", "execution_mode": "open_loop", "control_rate_hz": RATE})
+    try:
+        proc.wait_for_log_line(r"policy ready", timeout=180)
+        with dom.rclpy_node("lock_step_peer") as probe:
+            drv = PolicyDriver(probe)
+            clock = probe.node.create_publisher(Clock, "/clock", 10)
+            probe.wait_for_topic("/lightvla/action", timeout=30)
+            steps = [1000.0 + k * PERIOD for k in range(24)]
+            for k, t in enumerate(steps):
+                clock.publish(Clock(clock=to_time(t)))
+                drv.publish(t)
+                key = stamp_key(to_time(t))
+                ok = drv.wait_for(lambda: any(stamp_key(m.header.stamp) == key for _, m in drv.actions), 10.0)
+                assert ok, f"no action for step {k} (sim time {t}); log:\n{proc.log_tail()}"
+            drv.spin(0.3)
+            chunk_stamps = [round(to_sec(m.header.stamp), 3) for _, m in drv.chunks]
+            assert chunk_stamps == [round(steps[0], 3), round(steps[8], 3), round(steps[16], 3)]
+            action_stamps = [round(to_sec(m.header.stamp), 3) for _, m in drv.actions]
+            assert action_stamps == [round(t, 3) for t in steps]  # one action per step, in order
+    finally:
+        assert proc.stop() == 0
