@@ -255,3 +255,10 @@ def test_prune_off_runs_plain_oft(vla, images, proprio):
     assert full.kept_per_image == [256, 256] and pruned.kept_total < 512
     assert lengths[1] - lengths[0] == 512 - pruned.kept_total
     assert not np.allclose(full.normalized_actions, pruned.normalized_actions)
+
+
+def test_tiny_predict_is_fast(vla, images, proprio):
+    """The tiny checkpoint is meant for CPU CI and demos: a full 2-image predict well under a second."""
+    vla.predict_action(images, INSTRUCTION, proprio)  # warm-up
+    best = min(vla.predict_action(images, INSTRUCTION, proprio).timings["total"] for _ in range(3))
+    assert best < 1.0
