@@ -150,6 +150,10 @@ class SimEnv:
         if not (isinstance(init_state_index, (int, np.integer)) and 0 <= init_state_index < n):
             raise ValueError(f"init_state_index must be an int in [0, {n}), got {init_state_index!r}")
         self._reset_to(int(init_state_index))
+        for robot in self._env.robots:
+            # a soft reset keeps the gripper's integrated command (robosuite 1.4.0): clear it as a
+            # hard reset (new gripper model) would, or the first steps differ from a fresh episode
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
         self._steps = 0
         return self.observe()
 
