@@ -16,6 +16,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -127,7 +128,7 @@ def run_worker(args, episodes: list[dict], worker_id: int, progress=None) -> lis
                     progress(records[-1])
             return records
         with dom.rclpy_node(f"sim_eval_{worker_id}") as probe:
-            client = _EpisodeClient(probe, args)
+            client = _EpisodeClient(probe, args, alive=lambda: bridge.is_running() and policy.is_running())
             for ep in episodes:
                 rec = client.run(ep)
                 rec["worker"] = worker_id
@@ -146,14 +147,14 @@ def run_worker(args, episodes: list[dict], worker_id: int, progress=None) -> lis
 class _EpisodeClient:
     """The eval's own node: calls ~/run_episode, collects chunks and the bridge's stats."""
 
-    def __init__(self, probe, args):
+    def __init__(self, probe, args, alive=lambda: True):
         from lightvla_interfaces.msg import ActionChunk
         from lightvla_interfaces.srv import RunEpisode
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from std_msgs.msg import String
         from std_srvs.srv import Trigger
 
-        self.probe, self.args, self.RunEpisode = probe, args, RunEpisode
+        self.probe, self.args, self.RunEpisode, self.alive = probe, args, RunEpisode, alive
         node = probe.node
         self.chunks: list = []
         self.stats: list[dict] = []
@@ -185,8 +186,10 @@ class _EpisodeClient:
         t0 = time.monotonic()
         fut = self.client.call_async(req)
         bound = self.args.episode_timeout + 120.0
-        if not self.probe.spin_until(fut.done, bound):
-            rec.update(success=False, error=f"run_episode did not answer within {bound:.0f} s")
+        self.probe.spin_until(lambda: fut.done() or not self.alive(), bound)
+        if not fut.done():
+            why = "a node exited" if not self.alive() else f"no answer within {bound:.0f} s"
+            rec.update(success=False, error=f"run_episode did not complete: {why}")
             return rec
         res = fut.result()
         rec["wall_s"] = time.monotonic() - t0
@@ -294,8 +297,13 @@ def run_eval(args) -> dict:
     return report
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds the ros_domain contexts: the nodes are stopped
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     report = run_eval(args)
     path = Path(args.report)
     path.parent.mkdir(parents=True, exist_ok=True)

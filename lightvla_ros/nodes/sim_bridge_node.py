@@ -24,7 +24,6 @@ wall clock and applies the newest action that arrived during the period. A step 
 """
 from __future__ import annotations
 
-import functools
 import json
 import math
 import queue
@@ -47,6 +46,9 @@ from std_msgs.msg import String
 
 from lightvla_interfaces.msg import ActionChunk, EpisodeResult
 from lightvla_interfaces.srv import RunEpisode
+# numpy only. Never import the model (timm/torchvision) here: importing timm after MuJoCo made its
+# EGL context segfaults the next render (measured), and the bridge has no use for it.
+from lightvla_ros.policy.gripper import libero_gripper_postprocess
 
 ACTION_DIM = 7
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # LIBERO wait steps: still, gripper open
@@ -90,27 +92,7 @@ def chunk_actions(msg: ActionChunk) -> np.ndarray:
 
 def libero_gripper(action: np.ndarray) -> np.ndarray:
     """OpenVLA LIBERO gripper convention -> the env's: [0,1] -> [-1,1], binarise, invert sign."""
-    fn = _libero_postprocess_fn()
-    if fn is not None:  # the model's implementation (one place for the convention)
-        return np.asarray(fn(np.asarray(action, dtype=np.float32)[None]), dtype=np.float64).reshape(-1)
-    a = np.array(action, dtype=np.float64)
-    g = 2.0 * a[-1] - 1.0
-    a[-1] = -np.sign(g) if g != 0 else -1.0
-    return a
-
-
-@functools.lru_cache(maxsize=1)
-def _libero_postprocess_fn():
-    import importlib
-
-    for mod in ("lightvla_ros.policy.postprocess", "lightvla_ros.policy.vla_policy", "lightvla_ros.policy.libero"):
-        try:
-            fn = getattr(importlib.import_module(mod), "libero_gripper_postprocess", None)
-        except ImportError:
-            continue
-        if fn is not None:
-            return fn
-    return None
+    return np.asarray(libero_gripper_postprocess(np.asarray(action, dtype=np.float32)), dtype=np.float64)
 
 
 @dataclass
@@ -416,6 +398,8 @@ class SimBridgeNode(Node):
             if stamp < t_ns:
                 s.late_actions += 1
                 self.counters["late_actions"] += 1
+                self.get_logger().warning(f"late action stamped {stamp / 1e9:.3f} for a past step "
+                                          f"(now {t_ns / 1e9:.3f}) ignored", throttle_duration_sec=2.0)
                 continue
             if stamp > t_ns:  # meant for a step we have not reached: a clock mix-up on the policy side
                 s.late_actions += 1

