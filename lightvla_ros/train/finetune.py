@@ -1,0 +1,314 @@
+"""Fine-tune a LightVLA checkpoint with the L1 action loss and the TokenPruner in train mode.
+
+    lightvla-finetune CHECKPOINT_DIR OUT_DIR --data EPISODES_DIR [--steps N] [--lora] ...
+    lightvla-finetune CHECKPOINT_DIR OUT_DIR --synthetic        (a toy dataset, to try it out)
+
+What one step does (guide sections 2.4, 5.4, 6.1, 8.6; REFERENCE.md "TokenPruner"):
+  - pruner.set_noise_scale(1 - step / max_steps): uniform vote noise decays linearly to 0;
+  - forward in train mode: the pruner replaces each patch by the one it voted for with a
+    straight-through estimator, so the sequence length is unchanged (training is not faster,
+    guide 8.3; the speed-up comes at inference, where the voted-for patches alone are kept);
+  - L1 loss between the action head's chunk (from the hidden states of the chunk*dim
+    placeholder positions) and the normalised ground-truth chunk; AdamW; grad-norm clipping.
+The pruner has no parameters: nothing to unfreeze for it (the reference's LoRA "unfreeze the
+pruner" step is a no-op). With LoRA the LLM's linear layers get adapters, and the action head
+and proprio projector are trained in full; the saved checkpoint has the adapters merged in.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model import LightVLA, load_vla, save_checkpoint
+from ..model.config import PAD_TOKEN_ID, STOP_TOKEN_ID, resolve_device, resolve_dtype
+from ..model.preprocess import images_to_pixel_values
+from ..model.vla import PLACEHOLDER_TOKEN_ID
+from .dataset import ChunkDataset, Episode, Sample, compute_statistics, load_episodes, make_synthetic_episodes
+
+# The LLM's linear layers (Llama attention + MLP); lm_head is unused by the L1 head.
+LORA_TARGET = r"language_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+
+
+@dataclass
+class FinetuneConfig:
+    checkpoint: str = ""  # input checkpoint directory (released layout)
+    out_dir: str = "runs/lightvla-finetune"
+    data: str = ""  # directory of episode .npz files; "" with synthetic=True for a toy set
+    synthetic: bool = False
+    max_steps: int = 200
+    batch_size: int = 4
+    learning_rate: float = 5e-4  # OFT's default
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max grad norm; <= 0 disables
+    noise_schedule: bool = True  # noise_scale = 1 - step / max_steps (guide 8.6)
+    use_lora: bool = False
+    lora_rank: int = 32
+    lora_alpha: int = 16  # OFT: min(rank, 16)
+    lora_dropout: float = 0.0
+    lora_target: str = LORA_TARGET  # regex on module names (peft full match)
+    statistics: str = "checkpoint"  # "checkpoint": the checkpoint's dataset_statistics.json; "data": recompute
+    dataset_name: str = "finetune_dataset"  # unnorm_key written when statistics == "data"
+    unnorm_key: str | None = None  # which checkpoint statistics to use (default: the checkpoint's)
+    center_crop: bool = True  # as predict_action's default
+    device: str = "auto"
+    dtype: str = "auto"  # bf16 on cuda, fp32 on cpu
+    seed: int = 0
+    log_every: int = 10
+    save: bool = True
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    noise_scale: float | None
+    grad_norm: float
+    seq_len_in: int  # tokens into the pruner
+    seq_len_out: int  # tokens out of it (equal in train mode)
+    pruner_training: bool
+    kept_mean: float  # distinct patches voted for, mean over the batch
+    seconds: float
+
+
+@dataclass
+class FinetuneResult:
+    model: LightVLA  # trained, eval mode; LoRA merged once saved
+    peft_model: object | None = None  # the peft wrapper while adapters are attached
+    history: list[StepRecord] = field(default_factory=list)
+    out_dir: Path | None = None
+    steps_per_second: float = 0.0
+
+
+# ---- batches ---------------------------------------------------------------------------------
+def collate(vla: LightVLA, samples: list[Sample], center_crop: bool = True):
+    """Samples -> model inputs on the model's device, right-padded with PAD (mask 0).
+
+    pixel_values (B, C, S, S), input_ids / attention_mask (B, T), proprio (B, pdim) | None,
+    actions (B, chunk, dim) normalised targets.
+    """
+    param = next(vla.parameters())
+    size = int(vla.config.get("image_sizes", [224])[0])
+    norm = vla.vision_backbone.norm_stats()
+    pixel_values = torch.cat([images_to_pixel_values(s.images, size, norm, center_crop) for s in samples])
+    rows = [vla.tokenizer.prompt_ids(s.instruction) + [PLACEHOLDER_TOKEN_ID] * vla.num_action_tokens
+            + [STOP_TOKEN_ID] for s in samples]
+    length = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), length), PAD_TOKEN_ID, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, :len(r)] = torch.tensor(r)
+        attention_mask[i, :len(r)] = 1
+    proprio = None
+    if vla.proprio_projector is not None:
+        proprio = torch.from_numpy(np.stack([s.proprio for s in samples])).to(param.device, param.dtype)
+    actions = torch.from_numpy(np.stack([s.actions for s in samples])).to(param.device, param.dtype)
+    return (pixel_values.to(param.device, param.dtype), input_ids.to(param.device),
+            attention_mask.to(param.device), proprio, actions)
+
+
+# ---- model preparation -----------------------------------------------------------------------
+def prepare_model(vla: LightVLA, cfg: FinetuneConfig):
+    """Set what trains. Full: every parameter. LoRA: adapters on the LLM + head + proprio projector.
+
+    -> the peft wrapper (LoRA) or None. Adapters are injected in place, so `vla` itself runs
+    them; keep the wrapper for save_finetuned (merge_and_unload).
+    """
+    peft_model = None
+    if cfg.use_lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=cfg.lora_target, init_lora_weights="gaussian")
+        peft_model = get_peft_model(vla, lora)  # freezes every non-LoRA parameter
+        if peft_model.base_model.model is not vla:
+            raise RuntimeError("peft did not wrap the model in place")
+        for module in (vla.action_head, vla.proprio_projector):
+            if module is not None:
+                module.requires_grad_(True)
+    else:
+        vla.requires_grad_(True)
+    # the TokenPruner has no parameters: nothing to unfreeze (guide 4.2 "LoRA unfreezes pruner")
+    assert not list(vla.pruner.parameters())
+    return peft_model
+
+
+def trainable_parameters(vla: LightVLA) -> list[torch.nn.Parameter]:
+    return [p for p in vla.parameters() if p.requires_grad]
+
+
+# ---- training --------------------------------------------------------------------------------
+def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print) -> list[StepRecord]:
+    """Run cfg.max_steps optimizer steps (batches drawn by reshuffling the dataset per epoch)."""
+    if cfg.max_steps < 1 or cfg.batch_size < 1:
+        raise ValueError("max_steps and batch_size must be >= 1")
+    params = trainable_parameters(vla)
+    if not params:
+        raise ValueError("no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    seen: dict = {}
+
+    def record_lengths(module, args, output):  # pruner hook: length in and out, train or eval
+        seen.update(seq_in=args[0].shape[1], seq_out=output[0].shape[1], training=module.training)
+
+    hook = vla.pruner.register_forward_hook(record_lengths)
+    history: list[StepRecord] = []
+    order: list[int] = []
+    vla.train()
+    try:
+        for step in range(cfg.max_steps):
+            start = time.perf_counter()
+            noise = 1 - step / cfg.max_steps if cfg.noise_schedule else None
+            vla.pruner.set_noise_scale(noise)
+            if len(order) < cfg.batch_size:
+                order += list(rng.permutation(len(dataset)))
+            batch = [dataset[i] for i in order[:cfg.batch_size]]
+            del order[:cfg.batch_size]
+            pixel_values, input_ids, attention_mask, proprio, target = collate(vla, batch, cfg.center_crop)
+
+            predicted = vla(pixel_values, input_ids, attention_mask, proprio=proprio)  # (B, chunk, dim)
+            loss = F.l1_loss(predicted.float(), target.float())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+
+            rec = StepRecord(step=step, loss=float(loss.detach()), noise_scale=vla.pruner.noise_scale,
+                             grad_norm=float(grad_norm), seq_len_in=int(seen["seq_in"]),
+                             seq_len_out=int(seen["seq_out"]), pruner_training=bool(seen["training"]),
+                             kept_mean=float(vla.pruner.last_kept_counts.float().mean()),
+                             seconds=time.perf_counter() - start)
+            history.append(rec)
+            if log and (step % max(cfg.log_every, 1) == 0 or step == cfg.max_steps - 1):
+                log(f"step {step:5d}  loss {rec.loss:.4f}  noise {noise if noise is not None else 0:.3f}  "
+                    f"grad {rec.grad_norm:.3f}  kept {rec.kept_mean:.0f}/{vla.pruner.num_patches}  "
+                    f"{rec.seconds:.2f}s")
+    finally:
+        hook.remove()
+        vla.pruner.set_noise_scale(None)  # inference has no noise
+        vla.eval()
+    return history
+
+
+def save_finetuned(vla: LightVLA, out_dir, step: int, peft_model=None) -> tuple[LightVLA, Path]:
+    """Merge LoRA (if any) into the base weights and save in the released layout.
+
+    Returns the plain (merged) model and the directory; it reloads with load_vla.
+    """
+    if peft_model is not None:
+        vla = peft_model.merge_and_unload()
+        lora_left = [n for n, _ in vla.named_parameters() if "lora_" in n]
+        if lora_left:
+            raise RuntimeError(f"LoRA parameters left after merging: {lora_left[:3]}")
+    vla.eval()
+    return vla, save_checkpoint(vla, out_dir, step=step)
+
+
+# ---- whole run -------------------------------------------------------------------------------
+def build_dataset(vla: LightVLA, episodes: list[Episode], cfg: FinetuneConfig) -> ChunkDataset:
+    """Statistics from the checkpoint (default) or recomputed from the episodes (then stored in the model)."""
+    plat = vla.platform
+    if cfg.statistics == "data":
+        mask = vla.norm_stats[vla.resolve_unnorm_key(cfg.unnorm_key)]["action"].get("mask") \
+            if vla.norm_stats else None
+        vla.norm_stats = dict(vla.norm_stats, **{cfg.dataset_name: compute_statistics(episodes, mask)})
+        vla.default_unnorm_key = cfg.dataset_name
+        stats = vla.norm_stats[cfg.dataset_name]
+    elif cfg.statistics == "checkpoint":
+        key = vla.resolve_unnorm_key(cfg.unnorm_key)
+        vla.default_unnorm_key = key
+        stats = vla.norm_stats[key]
+    else:
+        raise ValueError(f"statistics must be 'checkpoint' or 'data', got {cfg.statistics!r}")
+    proprio_dim = plat.proprio_dim if vla.proprio_projector is not None else None
+    return ChunkDataset(episodes, plat.chunk_size, stats, plat.normalization, vla.num_images,
+                        plat.action_dim, proprio_dim)
+
+
+def finetune(cfg: FinetuneConfig, episodes: list[Episode] | None = None, log=print) -> FinetuneResult:
+    """Load cfg.checkpoint, train on `episodes` (or cfg.data / a synthetic set), save to cfg.out_dir."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    vla = load_vla(cfg.checkpoint, device=str(device), dtype=dtype, unnorm_key=cfg.unnorm_key)
+    if episodes is None:
+        if cfg.data:
+            episodes = load_episodes(cfg.data)
+        elif cfg.synthetic:
+            stats = vla.norm_stats[vla.resolve_unnorm_key(cfg.unnorm_key)]
+            episodes = make_synthetic_episodes(stats, num_images=vla.num_images,
+                                               action_dim=vla.platform.action_dim,
+                                               proprio_dim=vla.platform.proprio_dim,
+                                               normalization=vla.platform.normalization, seed=cfg.seed)
+        else:
+            raise ValueError("no data: pass episodes, cfg.data or cfg.synthetic=True")
+    dataset = build_dataset(vla, episodes, cfg)
+    peft_model = prepare_model(vla, cfg)
+    if log:
+        n_train = sum(p.numel() for p in trainable_parameters(vla))
+        n_all = sum(p.numel() for p in vla.parameters())
+        log(f"{len(dataset)} samples from {len(episodes)} episodes; training {n_train:,} of {n_all:,} "
+            f"parameters ({'LoRA' if cfg.use_lora else 'full'}) on {device} {dtype}")
+    start = time.perf_counter()
+    history = train(vla, dataset, cfg, log=log)
+    result = FinetuneResult(vla, peft_model, history, steps_per_second=len(history) / (time.perf_counter() - start))
+    if cfg.save:
+        out = Path(cfg.out_dir)
+        result.model, result.out_dir = save_finetuned(vla, out, step=cfg.max_steps, peft_model=peft_model)
+        result.peft_model = None
+        (out / "finetune_log.json").write_text(json.dumps(
+            {"config": asdict(cfg), "steps_per_second": result.steps_per_second,
+             "history": [asdict(r) for r in history]}, indent=1))
+        if log:
+            log(f"saved {out} ({result.steps_per_second:.2f} steps/s)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    defaults = FinetuneConfig()
+    parser = argparse.ArgumentParser(prog="lightvla-finetune", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="input checkpoint directory (released layout)")
+    parser.add_argument("out_dir", help="where to write the fine-tuned checkpoint")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", help="directory of episode .npz files (see lightvla_ros.train.dataset)")
+    data.add_argument("--synthetic", action="store_true", help="train on a toy synthetic episode set")
+    parser.add_argument("--steps", type=int, default=defaults.max_steps, dest="max_steps")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, dest="learning_rate")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--grad-clip", type=float, default=defaults.grad_clip)
+    parser.add_argument("--no-noise", action="store_false", dest="noise_schedule",
+                        help="disable the 1 - step/max_steps vote-noise schedule")
+    parser.add_argument("--lora", action="store_true", dest="use_lora")
+    parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
+    parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
+    parser.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
+    parser.add_argument("--statistics", choices=["checkpoint", "data"], default=defaults.statistics)
+    parser.add_argument("--dataset-name", default=defaults.dataset_name)
+    parser.add_argument("--unnorm-key", default=None)
+    parser.add_argument("--no-center-crop", action="store_false", dest="center_crop")
+    parser.add_argument("--device", default=defaults.device)
+    parser.add_argument("--dtype", default=defaults.dtype)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--log-every", type=int, default=defaults.log_every)
+    args = parser.parse_args(argv)
+    values = vars(args)
+    values["data"] = values["data"] or ""
+    cfg = FinetuneConfig(**values)
+    if cfg.max_steps < 1 or cfg.batch_size < 1:
+        parser.error("--steps and --batch-size must be >= 1")
+    finetune(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
