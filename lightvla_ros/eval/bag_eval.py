@@ -89,7 +89,10 @@ def evaluate_bag(path: str | Path, policy: Any, args: argparse.Namespace, progre
 
 def load_policy(args: argparse.Namespace):
     from lightvla_ros.policy.vla_policy import VLAPolicy
-    return VLAPolicy(args.checkpoint, device=args.device, dtype=args.dtype)
+    policy = VLAPolicy(args.checkpoint, device=args.device, dtype=args.dtype)
+    if args.warmup:
+        policy.warmup(args.warmup)   # as the node does: the first inference pays allocation costs
+    return policy
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -157,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report", type=Path, help="write the JSON report here")
     ap.add_argument("--plots", type=Path, help="write PNG plots into this directory")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    ap.add_argument("--warmup", type=int, default=1, help="warm-up inferences before timing (0 = none)")
     ap.add_argument("--camera-topics", nargs="+", help="in the policy's camera order")
     ap.add_argument("--joint-topic", default="/joint_states")
     ap.add_argument("--eef-topic", default="/eef_pose")

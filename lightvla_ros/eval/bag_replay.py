@@ -3,7 +3,9 @@
 The same ObservationAssembler as the policy node (newest frame per camera, pairing tolerance,
 staleness against `now` = the bag time of the message just read). A recorded ActionChunk on the
 chunk topic names the observation it came from by its header stamp (= observation stamp); the
-replayed observation for that stamp is the last one assembled before the chunk was recorded.
+replayed observation for that stamp is the last one assembled before the chunk was recorded, or,
+when the recorder got a camera frame of that stamp only after the chunk (a recorder sees topics in
+its own order), the first one assembled after it.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class ReplayConfig:
     max_observation_age: float = 0.5    # s, as the policy node
     max_frames: int = 0                 # 0 = all
     keep_pending: int = 64              # observations kept while waiting for their recorded chunk
+    late_frame_window: float = 1.0      # s of bag time a chunk waits for a camera frame recorded after it
 
 
 @dataclass
@@ -118,6 +121,7 @@ class BagReplay:
                                    cfg.proprio_sources, instruction=cfg.instruction)
         topics = set(cfg.camera_topics) | {cfg.joint_topic, cfg.eef_topic, cfg.instruction_topic, cfg.chunk_topic}
         pending: OrderedDict[int, tuple[Observation, int]] = OrderedDict()   # stamp µs -> (obs, t_ns)
+        waiting: dict[int, RecordedChunk] = {}   # stamp µs -> chunk recorded before its observation
         current: tuple[int, Observation, int] | None = None
         emitted = 0
         for m in reader.messages(topics & set(reader.topics)):
@@ -134,7 +138,10 @@ class BagReplay:
                     obs, t_obs = pending.pop(key)
                     emitted += 1
                     yield Pair(obs, rec.stamp_ns, t_obs, rec)
-                else:
+                else:   # the recorder may get a camera frame after the chunk (topics are not ordered)
+                    waiting[round(rec.stamp_ns / 1e3)] = rec
+                for k in [k for k, r in waiting.items() if m.t_ns - r.t_ns > cfg.late_frame_window * 1e9]:
+                    del waiting[k]
                     self.chunks_unmatched += 1
                 continue
             try:
@@ -156,7 +163,12 @@ class BagReplay:
                     self.rejections[out.reason] += 1
                 continue
             s = round(out.stamp * 1e6)         # µs key: float seconds cannot hold epoch ns exactly
-            if self.has_chunks:
+            late = next((k for k in (s, s - 1, s + 1) if k in waiting), None)
+            if late is not None and m.topic in cfg.camera_topics:
+                emitted += 1
+                rec = waiting.pop(late)
+                yield Pair(out, rec.stamp_ns, m.t_ns, rec)
+            elif self.has_chunks:
                 pending[s] = (out, m.t_ns)       # the last assembly for this stamp wins
                 pending.move_to_end(s)
                 while len(pending) > cfg.keep_pending:
@@ -166,5 +178,6 @@ class BagReplay:
                     emitted += 1
                     yield Pair(current[1], current[0] * 1000, current[2], None)
                 current = (s, out, m.t_ns)
+        self.chunks_unmatched += len(waiting)
         if current is not None and not (cfg.max_frames and emitted >= cfg.max_frames):
             yield Pair(current[1], current[0] * 1000, current[2], None)
