@@ -54,6 +54,7 @@ class FinetuneConfig:
     lora_alpha: int = 16  # OFT: min(rank, 16)
     lora_dropout: float = 0.0
     lora_target: str = LORA_TARGET  # regex on module names (peft full match)
+    freeze_vision_backbone: bool = False  # full fine-tuning without the ViTs (cheaper; projector still trains)
     statistics: str = "checkpoint"  # "checkpoint": the checkpoint's dataset_statistics.json; "data": recompute
     dataset_name: str = "finetune_dataset"  # unnorm_key written when statistics == "data"
     unnorm_key: str | None = None  # which checkpoint statistics to use (default: the checkpoint's)
@@ -135,6 +136,8 @@ def prepare_model(vla: LightVLA, cfg: FinetuneConfig):
                 module.requires_grad_(True)
     else:
         vla.requires_grad_(True)
+    if cfg.freeze_vision_backbone:
+        vla.vision_backbone.requires_grad_(False)
     # the TokenPruner has no parameters: nothing to unfreeze (guide 4.2 "LoRA unfreezes pruner")
     assert not list(vla.pruner.parameters())
     return peft_model
@@ -292,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora-rank", type=int, default=defaults.lora_rank)
     parser.add_argument("--lora-alpha", type=int, default=defaults.lora_alpha)
     parser.add_argument("--lora-dropout", type=float, default=defaults.lora_dropout)
+    parser.add_argument("--freeze-vision", action="store_true", dest="freeze_vision_backbone")
     parser.add_argument("--statistics", choices=["checkpoint", "data"], default=defaults.statistics)
     parser.add_argument("--dataset-name", default=defaults.dataset_name)
     parser.add_argument("--unnorm-key", default=None)

@@ -90,9 +90,9 @@ def test_full_finetune_loss_falls_schedule_and_reload(checkpoint, tmp_path):
     torch.set_num_threads(2)
     episodes = _episodes(checkpoint)
     before = _predict(load_vla(checkpoint, device="cpu", dtype="float32"), episodes)
-    steps = 24
+    steps = 12
     cfg = FinetuneConfig(checkpoint=str(checkpoint), out_dir=str(tmp_path / "out"), max_steps=steps,
-                         batch_size=2, learning_rate=1e-3, device="cpu", dtype="float32", log_every=1000)
+                         batch_size=2, learning_rate=2e-3, device="cpu", dtype="float32", log_every=1000)
     result = finetune(cfg, episodes=episodes, log=None)
     hist = result.history
     assert len(hist) == steps
@@ -119,7 +119,7 @@ def test_full_finetune_loss_falls_schedule_and_reload(checkpoint, tmp_path):
 def test_lora_trains_only_adapters_and_heads_and_merged_save_reloads(checkpoint, tmp_path):
     torch.set_num_threads(2)
     episodes = _episodes(checkpoint)
-    cfg = FinetuneConfig(checkpoint=str(checkpoint), max_steps=6, batch_size=2, learning_rate=1e-3,
+    cfg = FinetuneConfig(checkpoint=str(checkpoint), max_steps=4, batch_size=2, learning_rate=1e-3,
                          use_lora=True, lora_rank=4, lora_alpha=8, device="cpu", dtype="float32",
                          log_every=1000)
     vla = load_vla(checkpoint, device="cpu", dtype="float32")
@@ -135,7 +135,7 @@ def test_lora_trains_only_adapters_and_heads_and_merged_save_reloads(checkpoint,
     assert list(vla.pruner.parameters()) == []  # nothing to unfreeze for the pruner
 
     hist = train(vla, dataset, cfg, log=None)
-    assert len(hist) == 6 and all(h.seq_len_in == h.seq_len_out for h in hist)
+    assert len(hist) == 4 and all(h.seq_len_in == h.seq_len_out for h in hist)
     changed = set()
     for name, p in vla.named_parameters():
         if "lora_B" in name:
@@ -151,7 +151,7 @@ def test_lora_trains_only_adapters_and_heads_and_merged_save_reloads(checkpoint,
     assert any(k.startswith("proprio_projector.") for k in changed)
 
     with_adapters = _predict(vla, episodes)
-    merged, out = save_finetuned(vla, tmp_path / "lora-out", step=6, peft_model=peft_model)
+    merged, out = save_finetuned(vla, tmp_path / "lora-out", step=4, peft_model=peft_model)
     assert not any("lora_" in n for n, _ in merged.named_parameters())
     reloaded = load_vla(out, device="cpu", dtype="float32")
     q_proj = "language_model.model.layers.0.self_attn.q_proj.weight"
