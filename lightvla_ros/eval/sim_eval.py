@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report", default="out/sim_eval_report.json")
     ap.add_argument("--workers", type=int, default=1, help="parallel workers, each with its own ROS domain")
     ap.add_argument("--mode", choices=("lock_step", "wall_clock"), default="lock_step")
+    ap.add_argument("--action-input", choices=("step", "chunk"), default="step",
+                    help="the bridge applies /lightvla/action (step) or executes /lightvla/action_chunk itself")
     ap.add_argument("--camera-size", type=int, default=None, help="override the config's camera_size")
     ap.add_argument("--render-quality", choices=("fast", "full"), default=None)
     ap.add_argument("--device", default="cpu", help="policy device (cpu, cuda, auto)")
@@ -90,14 +92,15 @@ def _node_params(args) -> tuple[Path, dict, str, dict]:
     """(config file, bridge overrides, policy executable, policy overrides)."""
     cfg = Path(args.config) if args.config else config_path(
         "sim_lift.yaml" if args.suite == "robosuite" else "sim_libero.yaml")
-    bridge = {"suite": args.suite, "mode": args.mode, "action_timeout": float(args.action_timeout),
+    bridge = {"suite": args.suite, "mode": args.mode, "action_input": args.action_input,
+              "action_timeout": float(args.action_timeout),
               "episode_timeout": float(args.episode_timeout)}
     if args.camera_size:
         bridge["camera_size"] = int(args.camera_size)
     if args.render_quality:
         bridge["render_quality"] = args.render_quality
     if args.policy == "expert":
-        bridge.update(publish_privileged=True, gripper_postprocess="none", action_input="step")
+        bridge.update(publish_privileged=True, gripper_postprocess="none")
         policy = {"chunk_size": int(args.chunk_size), "use_sim_time": args.mode == "lock_step"}
         return cfg, bridge, "lightvla-expert", policy
     policy = {"checkpoint": str(Path(args.checkpoint).resolve()), "device": args.device,

@@ -48,6 +48,7 @@ from lightvla_interfaces.msg import ActionChunk, EpisodeResult
 from lightvla_interfaces.srv import RunEpisode
 # numpy only. Never import the model (timm/torchvision) here: importing timm after MuJoCo made its
 # EGL context segfaults the next render (measured), and the bridge has no use for it.
+from lightvla_ros.policy.chunking import make_scheduler
 from lightvla_ros.policy.gripper import libero_gripper_postprocess
 
 ACTION_DIM = 7
@@ -319,7 +320,7 @@ class SimBridgeNode(Node):
             self._sim_ns += self.control_period_ns
         self._running = True
         success = False
-        chunk_queue: list[np.ndarray] = []  # action_input = chunk: rest of the current chunk
+        self._sched = None  # action_input = chunk: the scheduler, made when the first chunk comes
         next_tick = time.monotonic()
         message = "max_steps"
         for k in range(max_steps):
@@ -330,12 +331,13 @@ class SimBridgeNode(Node):
                 t_ns = self._sim_ns
                 self._publish_observation(env, obs, t_ns)
                 self.clock_pub.publish(Clock(clock=stamp_msg(t_ns)))
-                action = self._wait_action_lock_step(t_ns, chunk_queue)
+                action = self._wait_action_lock_step(t_ns)
             else:
                 t_ns = self.get_clock().now().nanoseconds
                 self._publish_observation(env, obs, t_ns)
-                next_tick += 1.0 / self.control_rate_hz
-                action = self._wait_action_wall_clock(t_ns, next_tick, chunk_queue)
+                # a sim slower than real time does not pile up debt: the policy gets at least half a period
+                next_tick = max(next_tick + 1.0 / self.control_rate_hz, time.monotonic() + 0.5 / self.control_rate_hz)
+                action = self._wait_action_wall_clock(next_tick)
             if action is None:
                 s.dropped_steps += 1
                 self.counters["dropped_steps"] += 1
@@ -375,12 +377,14 @@ class SimBridgeNode(Node):
             except queue.Empty:
                 break
 
-    def _wait_action_lock_step(self, t_ns: int, chunk_queue: list) -> np.ndarray | None:
+    def _wait_action_lock_step(self, t_ns: int) -> np.ndarray | None:
         """The action meant for step t: stamp == t (step input), or the next one of a chunk stamped t."""
         s = self._stats
-        if self.action_input == "chunk" and chunk_queue:
-            s.step_latency.append(0.0)
-            return chunk_queue.pop(0)
+        if self.action_input == "chunk" and self._sched is not None:
+            a = self._sched.next_action(t_ns / 1e9)
+            if a is not None:  # the current chunk still covers this step
+                s.step_latency.append(0.0)
+                return a
         t0 = time.monotonic()
         deadline = t0 + self.action_timeout
         while rclpy.ok():
@@ -409,12 +413,12 @@ class SimBridgeNode(Node):
                 continue
             s.step_latency.append(time.monotonic() - t0)
             if self.action_input == "chunk":
-                chunk_queue[:] = [a for a in self._execute_chunk(actions)]
-                return chunk_queue.pop(0)
+                self._add_chunk(actions, t_ns / 1e9, t_ns / 1e9)
+                return self._sched.next_action(t_ns / 1e9)
             return actions[0]
         return None
 
-    def _wait_action_wall_clock(self, t_ns: int, next_tick: float, chunk_queue: list) -> np.ndarray | None:
+    def _wait_action_wall_clock(self, next_tick: float) -> np.ndarray | None:
         """The newest action that arrived before the next tick (step input), or the chunk's next step."""
         s = self._stats
         t0 = time.monotonic()
@@ -426,17 +430,19 @@ class SimBridgeNode(Node):
             except queue.Empty:
                 break
             if self.action_input == "chunk":
-                chunk_queue[:] = self._execute_chunk(actions)
+                self._add_chunk(actions, stamp / 1e9, self.get_clock().now().nanoseconds / 1e9)
             else:
                 newest = actions[0]
                 s.step_latency.append(time.monotonic() - t0)
-        if self.action_input == "chunk" and chunk_queue:
-            return chunk_queue.pop(0)
+        if self.action_input == "chunk" and self._sched is not None:
+            return self._sched.next_action(self.get_clock().now().nanoseconds / 1e9)
         return newest
 
-    def _execute_chunk(self, actions: np.ndarray) -> list[np.ndarray]:
-        """Rows of a chunk in execution order (open loop: each row once, then the next chunk)."""
-        return [a for a in actions]
+    def _add_chunk(self, actions: np.ndarray, obs_stamp: float, now: float) -> None:
+        """Executes chunks with the policy node's own scheduler (lightvla_ros.policy.chunking)."""
+        if self._sched is None or self._sched.chunk_size != len(actions):
+            self._sched = make_scheduler(self.chunk_execution, len(actions), ACTION_DIM, 1.0 / self.control_rate_hz)
+        self._sched.add_chunk(actions, obs_stamp, now)
 
     def _hold_action(self, obs) -> np.ndarray:
         """No motion; the gripper keeps its state (closed if the fingers are near closed)."""
