@@ -102,7 +102,7 @@ def run_eval(args: argparse.Namespace) -> int:
         if not Path(bag).exists():
             raise BagError(bag, "no such file or directory")
     opts = EvalOptions(args.gripper_dim, args.gripper_threshold)
-    policy = load_policy(args)
+    policy = None if args.via_ros else load_policy(args)   # via ROS, the node runs the model
     episodes, all_frames = [], []
     total = sum(_estimate_frames(b, args) for b in args.bags)
     with tqdm(total=total or None, unit="frame", desc="bag eval", disable=args.no_progress,

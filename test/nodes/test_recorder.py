@@ -61,7 +61,7 @@ def test_recorder_ctrl_c_and_kill_9(tmp_path):
             meta = r.episode_metadata()          # from the metadata topic: survives the kill
         # everything flushed before the kill is there (camera frames are best effort: allow a lost one)
         assert all(got[t] == clean[t] for t in TOPICS[1:]), name
-        assert len(got[TOPICS[0]]) >= N - 1 and set(got[TOPICS[0]]) <= set(clean[TOPICS[0]]) | set(got[TOPICS[0]])
+        assert len(got[TOPICS[0]]) >= N - 1
         assert meta["success"] is True and meta["task"] == "t" and meta["suite"] == "libero_object"
         imgs = [np.frombuffer(r.typestore.deserialize_cdr(b, "sensor_msgs/msg/Image").data, np.uint8)[0]
                 for b in got[TOPICS[0]]]
