@@ -18,6 +18,7 @@ CONSOLE_SCRIPTS = [
     ("lightvla-expert", "lightvla_ros.nodes.expert_policy_node:main"),
     ("lightvla-bag-eval", "lightvla_ros.eval.bag_eval:main"),
     ("lightvla-make-checkpoint", "lightvla_ros.model.make_checkpoint:main"),
+    ("lightvla-finetune", "lightvla_ros.train.finetune:main"),
 ]
 
 setup(

@@ -159,14 +159,27 @@ def test_lora_trains_only_adapters_and_heads_and_merged_save_reloads(checkpoint,
     np.testing.assert_allclose(_predict(reloaded, episodes), with_adapters, atol=1e-4)
 
 
-def test_cli_synthetic_two_steps(checkpoint, tmp_path, capsys):
+def test_cli_synthetic_and_npz_data_with_recomputed_statistics(checkpoint, tmp_path, capsys):
     torch.set_num_threads(2)
+    common = ["--batch-size", "1", "--device", "cpu", "--dtype", "float32"]
     out = tmp_path / "cli-out"
-    assert main([str(checkpoint), str(out), "--synthetic", "--steps", "2", "--batch-size", "1",
-                 "--device", "cpu", "--dtype", "float32"]) == 0
+    assert main([str(checkpoint), str(out), "--synthetic", "--steps", "2", *common]) == 0
     assert "saved" in capsys.readouterr().out
     log = json.loads((out / "finetune_log.json").read_text())
     assert [h["noise_scale"] for h in log["history"]] == [1.0, 0.5]
     assert load_vla(out, device="cpu", dtype="float32").checkpoint_step == 2
+
+    eps = _episodes(checkpoint, num_episodes=2, length=3)
+    for i, ep in enumerate(eps):
+        save_episode(ep, tmp_path / "eps" / f"episode_{i:04d}.npz")
+    out2 = tmp_path / "cli-data"
+    assert main([str(checkpoint), str(out2), "--data", str(tmp_path / "eps"), "--steps", "1",
+                 "--statistics", "data", "--dataset-name", "my_robot", *common]) == 0
+    reloaded = load_vla(out2, device="cpu", dtype="float32")
+    assert reloaded.default_unnorm_key == "my_robot"
+    stats = reloaded.norm_stats["my_robot"]
+    all_actions = np.concatenate([e.actions for e in eps])
+    np.testing.assert_allclose(stats["action"]["q99"], np.quantile(all_actions, 0.99, axis=0), rtol=1e-6)
+    assert stats["action"]["mask"] == _stats(checkpoint)["action"]["mask"]  # gripper stays unmasked
     with pytest.raises(SystemExit):
         main([str(checkpoint), str(out)])  # no data source
