@@ -45,7 +45,32 @@ def test_bridge_lock_step_and_bad_input(tmp_path):
             pub = node.create_publisher(ActionChunk, "/lightvla/action", 10)
             client = node.create_client(RunEpisode, "/sim_bridge/run_episode")
             probe.wait_for_service(client, timeout=30)
-            probe.spin_until(lambda: node.count_subscribers("/lightvla/action") > 0, 10)
+            assert probe.spin_until(lambda: pub.get_subscription_count() > 0, 20)
+
+            clocks, images, joints, applied = [], [], [], []
+            state = {"n": 0}
+
+            def on_clock(msg):
+                clocks.append(msg.clock)
+                state["n"] += 1
+                if state["n"] == 2:
+                    pub.publish(_action_msg(msg.clock, [math.nan] * 7))      # bad: ignored
+                    pub.publish(_action_msg(Time(sec=0, nanosec=1), [0.0] * 7))  # stale: late
+                a = [0.0, 0.0, 0.5, 0.0, 0.0, 0.0, -1.0]                   # move up, gripper open
+                applied.append(a)
+                pub.publish(_action_msg(msg.clock, a))
+
+            # subscribe first, so discovery has matched long before the episode starts
+            node.create_subscription(Clock, "/clock", on_clock, 10)
+            node.create_subscription(Image, "/camera/agentview/image_raw", images.append, qos_profile_sensor_data)
+            node.create_subscription(JointState, "/joint_states", joints.append, qos_profile_sensor_data)
+            stats = []
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            node.create_subscription(String, "/sim/episode_stats", lambda m: stats.append(json.loads(m.data)), latched)
+            instructions, poses = [], []
+            node.create_subscription(PoseStamped, "/eef_pose", poses.append, qos_profile_sensor_data)
+            node.create_subscription(String, "/instruction", instructions.append, latched)
 
             # 1. bad actions with no episode running: logged, counted, ignored
             zero = Time(sec=0, nanosec=0)
@@ -72,30 +97,6 @@ def test_bridge_lock_step_and_bad_input(tmp_path):
 
             # 3. a real lock-step episode: answer each /clock tick with the action for that step,
             #    with a NaN action and a stale one mixed in; both are ignored, no step is dropped
-            clocks, images, joints, applied = [], [], [], []
-            state = {"n": 0}
-
-            def on_clock(msg):
-                clocks.append(msg.clock)
-                state["n"] += 1
-                if state["n"] == 2:
-                    pub.publish(_action_msg(msg.clock, [math.nan] * 7))      # bad: ignored
-                    pub.publish(_action_msg(Time(sec=0, nanosec=1), [0.0] * 7))  # stale: late
-                a = [0.0, 0.0, 0.5, 0.0, 0.0, 0.0, -1.0]                   # move up, gripper open
-                applied.append(a)
-                pub.publish(_action_msg(msg.clock, a))
-
-            node.create_subscription(Clock, "/clock", on_clock, 10)
-            node.create_subscription(Image, "/camera/agentview/image_raw", images.append, qos_profile_sensor_data)
-            node.create_subscription(JointState, "/joint_states", joints.append, qos_profile_sensor_data)
-            stats = []
-            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            node.create_subscription(String, "/sim/episode_stats", lambda m: stats.append(json.loads(m.data)), latched)
-            instructions, poses = [], []
-            node.create_subscription(PoseStamped, "/eef_pose", poses.append, qos_profile_sensor_data)
-            node.create_subscription(String, "/instruction", instructions.append, latched)
-
             res = call(RunEpisode.Request(suite="robosuite", task="Lift", init_state_index=1, max_steps=6))
             assert res.accepted, res.message
             r = res.result
