@@ -39,7 +39,7 @@ def test_recorder_ctrl_c_and_kill_9(tmp_path):
                 m.header.stamp.sec = i
                 cam.publish(m)
                 late.publish(String(data=f"late {i}"))
-                probe.spin_until(lambda: False, 0.03)
+                probe.spin_until(lambda: False, 0.1)   # paced: best effort drops bursts on a busy machine
             result.publish(EpisodeResult(suite="libero_object", task_name="t", success=True, steps=N))
             probe.spin_until(lambda: False, 1.5)      # > flush_period: everything is on disk
         assert recs["sigint_mcap"].stop() == 0
@@ -52,17 +52,17 @@ def test_recorder_ctrl_c_and_kill_9(tmp_path):
         assert r.custom_data["success"] is True and r.custom_data["instruction"] == "open the drawer"
         assert r.topics["/late_topic"].msgtype == "std_msgs/msg/String"
         clean = {t: [bytes(m.raw) for m in r.messages([t])] for t in TOPICS}
-    assert len(clean[TOPICS[0]]) >= N - 1
+    assert len(clean[TOPICS[0]]) >= N - 3   # camera frames are best effort (sensor QoS)
     for name in ("kill_mcap", "kill_sqlite3"):
         assert not (tmp_path / name / "metadata.yaml").exists()
         with BagReader(tmp_path / name) as r:
             assert r.recovered
             got = {t: [bytes(m.raw) for m in r.messages([t])] for t in TOPICS}
             meta = r.episode_metadata()          # from the metadata topic: survives the kill
-        # everything flushed before the kill is there (camera frames are best effort: allow a lost one)
+        # everything flushed before the kill is there (camera frames are best effort: allow a few lost)
         assert all(got[t] == clean[t] for t in TOPICS[1:]), name
-        assert len(got[TOPICS[0]]) >= N - 1
+        assert len(got[TOPICS[0]]) >= N - 3
         assert meta["success"] is True and meta["task"] == "t" and meta["suite"] == "libero_object"
         imgs = [np.frombuffer(r.typestore.deserialize_cdr(b, "sensor_msgs/msg/Image").data, np.uint8)[0]
                 for b in got[TOPICS[0]]]
-        assert imgs == sorted(imgs) and len(imgs) >= N - 1
+        assert imgs == sorted(set(imgs)) and len(imgs) >= N - 3
