@@ -42,7 +42,6 @@ def _node_params(args: argparse.Namespace, cams: list[str], meta: dict) -> dict:
 
 
 def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace, progress=None) -> tuple[dict, list[Frame]]:
-    import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rclpy.serialization import deserialize_message
 

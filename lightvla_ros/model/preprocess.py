@@ -47,7 +47,8 @@ def images_to_pixel_values(images: list[np.ndarray], size: int, norm_stats: list
     return torch.cat([image_to_pixels(im, size, norm_stats, center_crop) for im in images], dim=0)[None]
 
 
-def _bounds(stats: dict, normalization: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def norm_bounds(stats: dict, normalization: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(low, high, mask) of one statistics entry: q01/q99 for bounds_q99, else min/max."""
     low_key, high_key = ("q01", "q99") if normalization == "bounds_q99" else ("min", "max")
     low = np.asarray(stats[low_key], dtype=np.float64)
     high = np.asarray(stats[high_key], dtype=np.float64)
@@ -57,7 +58,7 @@ def _bounds(stats: dict, normalization: str) -> tuple[np.ndarray, np.ndarray, np
 
 def normalize_proprio(proprio: np.ndarray, stats: dict, normalization: str) -> np.ndarray:
     """Raw proprio -> [-1, 1]: scaled where mask, then everything clipped (OFT normalize_proprio)."""
-    low, high, mask = _bounds(stats, normalization)
+    low, high, mask = norm_bounds(stats, normalization)
     x = np.asarray(proprio, dtype=np.float64)
     out = np.clip(np.where(mask, 2 * (x - low) / (high - low + 1e-8) - 1, x), -1, 1)
     return out.astype(np.float32)
@@ -65,7 +66,7 @@ def normalize_proprio(proprio: np.ndarray, stats: dict, normalization: str) -> n
 
 def unnormalize_actions(actions: np.ndarray, stats: dict, normalization: str) -> np.ndarray:
     """Normalised (chunk, dim) -> raw units where mask; unmasked dims (gripper) pass through."""
-    low, high, mask = _bounds(stats, normalization)
+    low, high, mask = norm_bounds(stats, normalization)
     a = np.asarray(actions, dtype=np.float64)
     out = np.where(mask, 0.5 * (a + 1) * (high - low + 1e-8) + low, a)
     return out.astype(np.float32)

@@ -20,13 +20,12 @@ object goes where): the bridge sends the suite, task name and LIBERO's BDDL goal
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
@@ -34,6 +33,7 @@ from std_srvs.srv import Trigger
 
 from lightvla_interfaces.msg import ActionChunk
 from lightvla_ros.policy.chunking import make_scheduler
+from lightvla_ros.ros.spin import spin_node
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -130,22 +130,9 @@ class ExpertPolicyNode(Node):
         pub.publish(msg)
 
 
-def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = ExpertPolicyNode()
-        executor = MultiThreadedExecutor(num_threads=2)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def main(args=None) -> int:
+    return spin_node(ExpertPolicyNode, num_threads=2, args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

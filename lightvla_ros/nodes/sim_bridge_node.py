@@ -25,7 +25,7 @@ wall clock and applies the newest action that arrived during the period. A step 
 from __future__ import annotations
 
 import json
-import math
+import sys
 import queue
 import threading
 import time
@@ -37,7 +37,6 @@ from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
@@ -50,6 +49,7 @@ from lightvla_interfaces.srv import RunEpisode
 # EGL context segfaults the next render (measured), and the bridge has no use for it.
 from lightvla_ros.policy.chunking import make_scheduler
 from lightvla_ros.policy.gripper import libero_gripper_postprocess
+from lightvla_ros.ros.spin import spin_node
 
 ACTION_DIM = 7
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # LIBERO wait steps: still, gripper open
@@ -505,22 +505,9 @@ class SimBridgeNode(Node):
         super().destroy_node()
 
 
-def main(args=None):
-    rclpy.init(args=args)
-    node = None
-    try:
-        node = SimBridgeNode()
-        executor = MultiThreadedExecutor(num_threads=4)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+def main(args=None) -> int:
+    return spin_node(SimBridgeNode, num_threads=4, args=args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..model.preprocess import normalize_proprio
+from ..model.preprocess import norm_bounds, normalize_proprio
 
 
 @dataclass
@@ -88,20 +88,12 @@ def load_episodes(path) -> list[Episode]:
 
 
 # ---- normalisation ---------------------------------------------------------------------------
-def _bounds(stats: dict, normalization: str):
-    low_key, high_key = ("q01", "q99") if normalization == "bounds_q99" else ("min", "max")
-    low = np.asarray(stats[low_key], dtype=np.float64)
-    high = np.asarray(stats[high_key], dtype=np.float64)
-    mask = np.asarray(stats.get("mask", np.ones_like(low, dtype=bool)), dtype=bool)
-    return low, high, mask
-
-
 def normalize_actions(actions: np.ndarray, stats: dict, normalization: str) -> np.ndarray:
     """Raw (..., dim) -> [-1, 1] where mask (clipped, as OFT's RLDS pipeline); unmasked dims unchanged.
 
     Inverse of model.preprocess.unnormalize_actions inside the bounds.
     """
-    low, high, mask = _bounds(stats, normalization)
+    low, high, mask = norm_bounds(stats, normalization)
     a = np.asarray(actions, dtype=np.float64)
     if a.shape[-1] != low.shape[0]:
         raise ValueError(f"actions have dim {a.shape[-1]} but the statistics have {low.shape[0]}")
@@ -181,8 +173,8 @@ def make_synthetic_episodes(stats: dict, num_episodes: int = 4, length: int = 12
     gripper): the low or high bound, picked by the episode's image brightness (dark or bright).
     """
     rng = np.random.default_rng(seed)
-    low_a, high_a, mask_a = _bounds(stats["action"], normalization)
-    low_p, high_p, _ = _bounds(stats["proprio"], normalization)
+    low_a, high_a, mask_a = norm_bounds(stats["action"], normalization)
+    low_p, high_p, _ = norm_bounds(stats["proprio"], normalization)
     if low_a.shape[0] != action_dim or low_p.shape[0] != proprio_dim:
         raise ValueError("statistics do not match action_dim / proprio_dim")
     episodes = []

@@ -1,7 +1,6 @@
 """The install is real: rclpy initialises, lightvla_interfaces is built from the current msg/ and srv/,
 imports with no sourcing, and its types survive rclpy serialization."""
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from lightvla_ros.ros import launcher
-from lightvla_ros.ros.launcher import (DOMAIN_IDS, RosDomain, clean_stale_shm, ros_args, ros_domain,
+from lightvla_ros.ros.launcher import (DOMAIN_IDS, clean_stale_shm, ros_args, ros_domain,
                                        resolve_executable, stale_shm_segments)
 
 
