@@ -20,7 +20,9 @@ Services
 
 Threads: sensor callbacks (reentrant group), the step timer (own group) and services run on a
 MultiThreadedExecutor; the model runs on one worker thread, so the step timer keeps its rate while
-the model computes. One lock guards the assembler, the scheduler and the counters.
+the model computes. One lock guards the assembler, the scheduler and the counters. Both paths that
+publish a per-step action (the step timer, a chunk arriving for a step found empty) go through one
+StepGate: each step at most once, stamps strictly increasing; refusals are counted in /diagnostics.
 """
 from __future__ import annotations
 
@@ -54,6 +56,7 @@ from lightvla_interfaces.msg import ActionChunk, PruningStats
 from lightvla_interfaces.srv import SetInstruction
 from lightvla_ros.policy.chunking import SCHEDULERS, make_scheduler
 from lightvla_ros.policy.observation_sync import ObservationAssembler, Rejection
+from lightvla_ros.policy.step_gate import StepGate
 from lightvla_ros.policy.types import Observation, PolicyOutput
 from lightvla_ros.ros.conversions import compressed_to_rgb, image_to_rgb
 
@@ -120,8 +123,8 @@ def pctl(values, q: float) -> float:
 
 
 class PolicyNode(Node):
-    def __init__(self, policy=None):
-        super().__init__("lightvla_policy")
+    def __init__(self, policy=None, **node_kwargs):
+        super().__init__("lightvla_policy", **node_kwargs)  # node_kwargs: context, parameter_overrides (tests)
         self._declare()
         p = self._p
         if p("image_transport") not in ("raw", "compressed", "both"):
@@ -176,7 +179,7 @@ class PolicyNode(Node):
         self._epoch = 0                      # bumped by reset / stall: in-flight results are dropped
         self._last_good_obs: float | None = None   # stamp of the newest observation that assembled
         self._obs_after = -1.0               # an inference needs an observation newer than this
-        self._pending_step: float | None = None  # step time found empty, served when the chunk lands
+        self._steps = StepGate(on_refused=self._step_refused)  # which step may still get an action
         self._publishing = False
         self._last_action: np.ndarray | None = None
         self._stamps: OrderedDict[float, TimeMsg] = OrderedDict()  # float stamp -> exact header stamp
@@ -387,13 +390,15 @@ class PolicyNode(Node):
         """Drop queued actions and in-flight results; need a fresh observation (lock held)."""
         self.scheduler.reset()
         self._epoch += 1
-        self._pending_step = None
+        self._steps.drop_pending()
         self._job = None
-        self._obs_after = now
+        self._obs_after = now - 1e-6  # taken before now; one taken at now is new (lock-step: the sim's next state)
 
     def _on_reset(self, request, response):
         with self._lock:
-            self._clear_queue(self._now())
+            now = self._now()
+            self._clear_queue(now)
+            self._steps.rebase(now)  # a sim restarted at an earlier time starts its steps over
             self.assembler.clear()  # a new episode: forget buffered frames and proprio too
             self._last_good_obs = None
         self.policy.reset()
@@ -406,14 +411,15 @@ class PolicyNode(Node):
 
     # ------------------------------------------------------------------ the control step
     def _on_step(self) -> None:
-        now = self._now()
         with self._lock:
+            now = self._now()  # read under the lock: step decisions see the clock in order
             self._tick_times.append(time.monotonic())
             obs = self.assembler.assemble(now)
             if isinstance(obs, Observation):
                 self._last_good_obs = max(obs.stamp, self._last_good_obs or obs.stamp)
             stalled = self._last_good_obs is None or now - self._last_good_obs > self.assembler.max_observation_age
             if stalled:
+                hold = None
                 if self._publishing:
                     self._publishing = False
                     self.safety["stalls"] += 1
@@ -421,18 +427,24 @@ class PolicyNode(Node):
                     self.get_logger().warning(f"observations stopped (last usable {age}): actions stopped")
                     self._clear_queue(now)
                     if self._p("publish_hold_on_stale"):
-                        self._publish_hold(now)
+                        hold = self._hold_vector()
                 if isinstance(obs, Rejection):
                     self._report(self.rejected, obs.reason, obs.message)
-                self._pending_step = now  # lock-step: the first step is due before any observation
+                # no hold: the step waits (lock-step: the first step is due before any observation)
+                if self._steps.serve(now, lambda: hold) is not None:
+                    self._publish_hold(hold, now)
                 return
             self._maybe_request(now, count_rejection=True, obs=obs)
-            action = self.scheduler.next_action(now)
-            if action is None:
-                self._pending_step = now
-                return
-            self._pending_step = None
-            self._publish_step(action, now)
+            action = self._steps.serve(now, lambda: self.scheduler.next_action(now))
+            if action is not None:
+                self._publish_step(action, now)
+
+    def _step_refused(self, kind: str, step_time: float, newest: float) -> None:
+        """StepGate refused a step (lock held): counted as safety_duplicate_steps / safety_old_steps."""
+        why = ("the step timer fired twice at this time" if kind == "duplicate_step"
+               else "the clock went backwards (a restarted sim: call ~/reset)")
+        self._report(self.safety, kind + "s", f"no action for the step at t={step_time:.3f}: the step at "
+                                              f"t={newest:.3f} was already begun ({why})")
 
     def _maybe_request(self, now: float, count_rejection: bool, obs=None) -> None:
         """Hand an observation to the worker if the scheduler wants a chunk (lock held)."""
@@ -473,13 +485,14 @@ class PolicyNode(Node):
         if self._p("execution_mode") == "open_loop" and self._p("wait_for_new_observation"):
             self._obs_after = max(self._obs_after, step_time)
 
-    def _publish_hold(self, now: float) -> None:
+    def _hold_vector(self) -> np.ndarray:
         if self.hold_action is not None:
-            hold = self.hold_action
-        elif self.action_space == "joint_position" and self._last_action is not None:
-            hold = self._last_action
-        else:
-            hold = np.zeros(self.action_dim, dtype=np.float32)
+            return self.hold_action
+        if self.action_space == "joint_position" and self._last_action is not None:
+            return self._last_action
+        return np.zeros(self.action_dim, dtype=np.float32)
+
+    def _publish_hold(self, hold: np.ndarray, now: float) -> None:
         msg = ActionChunk()
         msg.header.stamp = time_msg(now)
         msg.chunk_size, msg.action_dim = 1, self.action_dim
@@ -506,27 +519,30 @@ class PolicyNode(Node):
                         self._job = None
                         self.scheduler.inference_failed(self._now())
                 continue
-            with self._lock:
-                if self._job is None or self._job[1] != epoch:   # reset / stall while inferring
-                    self.safety["dropped_chunks"] += 1
-                    continue
-                self._job = None
-                self.inferences += 1
-                actions = self._check_chunk(out.actions)
-                if actions is None:
-                    self.scheduler.inference_failed(self._now())
-                    continue
-                out.actions = actions
-                self._publish_chunk(out, t_request)
-                now = self._now()
-                self.scheduler.add_chunk(actions, obs.stamp, now)
-                # a step found empty in the last period (lock-step: time stands still) is served now
-                if (self._pending_step is not None and now - self._pending_step <= self.control_period
-                        and self._p("publish_on_arrival") and self._publishing_allowed(now)):
-                    action = self.scheduler.next_action(now)
-                    if action is not None:
-                        step_time, self._pending_step = self._pending_step, None
-                        self._publish_step(action, step_time)
+            self._on_result(out, obs, epoch, t_request)
+
+    def _on_result(self, out: PolicyOutput, obs: Observation, epoch: int, t_request: float) -> None:
+        """A chunk is back from the model: check it, publish it, queue it, serve a step waiting for it."""
+        with self._lock:
+            if self._job is None or self._job[1] != epoch:   # reset / stall while inferring
+                self.safety["dropped_chunks"] += 1
+                return
+            self._job = None
+            self.inferences += 1
+            actions = self._check_chunk(out.actions)
+            if actions is None:
+                self.scheduler.inference_failed(self._now())
+                return
+            out.actions = actions
+            self._publish_chunk(out, t_request)
+            now = self._now()
+            self.scheduler.add_chunk(actions, obs.stamp, now)
+            # a step found empty less than a period ago (lock-step: time stands still) is served now,
+            # unless a newer step began meanwhile (StepGate: never a step twice or out of order)
+            if self._p("publish_on_arrival") and self._publishing_allowed(now):
+                got = self._steps.serve_pending(now, self.control_period, lambda: self.scheduler.next_action(now))
+                if got is not None:
+                    self._publish_step(got[1], got[0])
 
     def _publishing_allowed(self, now: float) -> bool:
         return self._last_good_obs is not None and now - self._last_good_obs <= self.assembler.max_observation_age

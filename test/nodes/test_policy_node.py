@@ -247,7 +247,8 @@ def test_ctrl_c_stops_cleanly(node):
 
 def test_lock_step_sim_time_every_step_served_while_time_stands_still(dom, tiny_checkpoint):
     """use_sim_time: the peer advances /clock one step at a time and waits for the action stamped
-    with that step (the sim bridge's lock-step protocol); open_loop re-infers at steps 0, 8, 16."""
+    with that step (the sim bridge's lock-step protocol); open_loop re-infers at steps 0, 8, 16.
+    Before step 12 the clock jumps 5 periods (steps the sim ran without asking the policy)."""
     from rosgraph_msgs.msg import Clock
 
     proc = dom.start_node(
@@ -261,7 +262,7 @@ def test_lock_step_sim_time_every_step_served_while_time_stands_still(dom, tiny_
             drv = PolicyDriver(probe)
             clock = probe.node.create_publisher(Clock, "/clock", 10)
             probe.wait_for_topic("/lightvla/action", timeout=30)
-            steps = [1000.0 + k * PERIOD for k in range(24)]
+            steps = [1000.0 + (k + (5 if k >= 12 else 0)) * PERIOD for k in range(24)]
             for k, t in enumerate(steps):
                 clock.publish(Clock(clock=to_time(t)))
                 drv.publish(t)
@@ -272,6 +273,9 @@ def test_lock_step_sim_time_every_step_served_while_time_stands_still(dom, tiny_
             chunk_stamps = [round(to_sec(m.header.stamp), 3) for _, m in drv.chunks]
             assert chunk_stamps == [round(steps[0], 3), round(steps[8], 3), round(steps[16], 3)]
             action_stamps = [round(to_sec(m.header.stamp), 3) for _, m in drv.actions]
+            assert len(set(action_stamps)) == len(action_stamps) and \
+                all(b > a for a, b in zip(action_stamps, action_stamps[1:])), \
+                f"a step served twice or out of order: {action_stamps}"
             assert action_stamps == [round(t, 3) for t in steps]  # one action per step, in order
     finally:
         assert proc.stop() == 0
