@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lightvla_ros.policy.observation_sync import quat_to_axis_angle as core_quat_to_axis_angle
 from lightvla_ros.policy.types import PolicyOutput
 
 # encoding -> (channels, index order that turns a pixel into RGB; None: grey to 3 channels)
@@ -168,15 +169,9 @@ def quat_to_axis_angle(quat: Any) -> np.ndarray:
         raise ValueError(f"a quaternion has 4 values (x, y, z, w), got shape {np.shape(quat)}")
     if not np.all(np.isfinite(q)):
         raise ValueError(f"quaternion has non-finite values: {q}")
-    norm = float(np.linalg.norm(q))
-    if norm < 1e-8:
+    if float(np.linalg.norm(q)) < 1e-8:
         raise ValueError("zero quaternion has no rotation")
-    q = q / norm
-    w = min(max(q[3], -1.0), 1.0)
-    den = math.sqrt(1.0 - w * w)
-    if math.isclose(den, 0.0):
-        return np.zeros(3, dtype=np.float32)
-    return (q[:3] * 2.0 * math.acos(w) / den).astype(np.float32)
+    return core_quat_to_axis_angle(q)  # the one implementation, shared with the observation assembler
 
 
 # --------------------------------------------------------------------------------------------
