@@ -9,6 +9,7 @@ kept visual tokens) and the bridge's per-episode stats (dropped/late steps, per-
     lightvla-sim-eval --checkpoint data/checkpoints/lightvla-tiny --suite libero_object \
         --tasks 0 --init-states 0 --max-steps 40 --report out/report.json
     lightvla-sim-eval --policy expert --suite robosuite --tasks Lift --init-states 0,1,2,3,4
+    lightvla-sim-eval --checkpoint CKPT --suite robosuite --tasks Lift --record bags/   # a bag per episode
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--episode-timeout", type=float, default=3600.0, help="s of wall time per episode")
     ap.add_argument("--startup-timeout", type=float, default=600.0, help="s for the nodes to come up")
     ap.add_argument("--log-dir", default=None, help="node logs (default: a temp dir, kept on failure)")
+    ap.add_argument("--record", metavar="DIR", default=None,
+                    help="record every episode with lightvla-record into DIR/<suite>_<task>_<init>[_<n>]/")
+    ap.add_argument("--record-storage", choices=("mcap", "sqlite3"), default="mcap")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     return ap
 
@@ -132,8 +136,24 @@ def run_worker(args, episodes: list[dict], worker_id: int, progress=None) -> lis
             return records
         with dom.rclpy_node(f"sim_eval_{worker_id}") as probe:
             client = _EpisodeClient(probe, args, alive=lambda: bridge.is_running() and policy.is_running())
+            recorder = None
+            if args.record:
+                from lightvla_ros.eval.sim_record import EpisodeRecorder
+                recorder = EpisodeRecorder(args, dom, probe, cfg, POLICY_NAME)
             for ep in episodes:
+                if recorder is not None:
+                    try:
+                        rec_proc, bag = recorder.start(ep)
+                    except (TimeoutError, RuntimeError) as e:
+                        rec = {**ep, "success": False, "worker": worker_id, "logs": str(log_dir),
+                               "error": f"recorder did not start: {e}"}
+                        records.append(rec)
+                        if progress:
+                            progress(rec)
+                        continue
                 rec = client.run(ep)
+                if recorder is not None:
+                    recorder.finish(rec_proc, bag, rec)
                 rec["worker"] = worker_id
                 rec["logs"] = str(log_dir)
                 for proc in (bridge, policy):
@@ -234,6 +254,9 @@ def _worker_entry(args, episodes, worker_id, q) -> None:
 
 
 def run_eval(args) -> dict:
+    if args.record:
+        from lightvla_ros.eval.sim_record import check_record_dir
+        check_record_dir(args.record)
     if args.policy == "vla":
         if not args.checkpoint:
             raise SystemExit("--policy vla needs --checkpoint DIR (or use --policy expert)")
@@ -313,6 +336,11 @@ def main(argv=None) -> int:
     report["report_path"] = str(path.resolve())
     path.write_text(json.dumps(report, indent=2))
     print(format_summary(report), flush=True)
+    if args.record:
+        bags = [e["bag"] for e in report["episodes"] if e.get("bag")]
+        bad = [f"{e['bag']}: {e['bag_error']}" for e in report["episodes"] if e.get("bag_error")]
+        print(f"recorded {len(bags)} bag(s) in {Path(args.record).resolve()} ({args.record_storage})"
+              + "".join(f"\n  problem: {b}" for b in bad), flush=True)
     o = report["overall"]
     return 1 if o["errors"] == o["episodes"] and o["episodes"] else 0
 

@@ -152,6 +152,9 @@ def _make_node_class():
             self.declare_parameter("flush_period", 1.0)      # s; a kill -9 loses at most this
             self.declare_parameter("max_duration", 0.0)      # s; 0 = until Ctrl-C
             self.declare_parameter("stop_on_episode_result", False)
+            # false: subscribe volatile, so a latched topic's history (the previous episode's
+            # /instruction and /sim/episode_result) is not recorded; lightvla-sim-eval sets it
+            self.declare_parameter("latched_history", True)
 
             p = lambda name: self.get_parameter(name).value  # noqa: E731
             output = p("output") or default_output()
@@ -166,6 +169,7 @@ def _make_node_class():
             self.done = False
             self.max_duration = float(p("max_duration"))
             self.stop_on_result = bool(p("stop_on_episode_result"))
+            self.latched_history = bool(p("latched_history"))
             self.started = time.monotonic()
             self._subscribe_known()
             self.create_timer(0.5, self._tick)
@@ -198,6 +202,8 @@ def _make_node_class():
             qos = self._qos(topic)
             self.recorder.add_topic(topic, msgtype, reliable=qos.reliability == ReliabilityPolicy.RELIABLE,
                                     transient_local=qos.durability == DurabilityPolicy.TRANSIENT_LOCAL)
+            if not self.latched_history and qos.durability == DurabilityPolicy.TRANSIENT_LOCAL:
+                qos = QoSProfile(depth=qos.depth, reliability=qos.reliability, durability=DurabilityPolicy.VOLATILE)
             self.subs[topic] = self.create_subscription(
                 cls, topic, lambda data, t=topic: self._on_raw(t, data), qos, raw=True)
             self.types[topic] = normalise_type(msgtype)
@@ -225,6 +231,8 @@ def _make_node_class():
                 self.recorder.update_metadata(success=bool(r.success), suite=r.suite, task_name=r.task_name,
                                               init_state_index=int(r.init_state_index), steps=int(r.steps),
                                               end_message=r.message)
+                self.get_logger().info(f"episode result: {r.suite} {r.task_name} init {r.init_state_index} "
+                                       f"success={bool(r.success)} steps={r.steps}")
                 if self.stop_on_result:
                     self.done = True
 
@@ -258,6 +266,8 @@ def _cli_overrides(argv: list[str]) -> list:
     ap.add_argument("--checkpoint")
     ap.add_argument("--metadata-json")
     ap.add_argument("--max-duration", type=float)
+    ap.add_argument("--no-latched-history", dest="latched_history", action="store_const", const=False,
+                    help="do not record what latched topics published before the recorder started")
     args = ap.parse_args(argv)
     out = []
     for name, value in vars(args).items():
