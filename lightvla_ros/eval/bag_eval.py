@@ -47,8 +47,17 @@ def replay_config(args: argparse.Namespace, policy: Any, meta: dict) -> ReplayCo
         instruction_topic=args.instruction_topic, chunk_topic=args.chunk_topic,
         proprio_sources=args.proprio_sources if args.proprio_sources is not None
         else default_proprio_sources(policy, meta),
-        instruction=args.instruction or "", pairing_tolerance=args.pairing_tolerance,
+        instruction=args.instruction or "",
+        pairing_tolerance=_node_setting(args.pairing_tolerance, meta, "pairing_tolerance", 0.05),
+        proprio_sync_tolerance=_node_setting(args.proprio_sync_tolerance, meta, "proprio_sync_tolerance", None),
         max_observation_age=args.max_observation_age, max_frames=args.max_frames)
+
+
+def _node_setting(arg, meta: dict, key: str, default):
+    """A tolerance as the recorded node had it: the command line, else the bag's metadata, else
+    the node's default. Negative means off (None)."""
+    value = arg if arg is not None else meta.get(key, default)
+    return None if value is None or float(value) < 0 else float(value)
 
 
 def bag_entry(reader: BagReader, meta: dict, replay: BagReplay | None) -> dict:
@@ -169,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--chunk-topic", default="/lightvla/action_chunk")
     ap.add_argument("--instruction", help="use this instead of the bag's instruction topic")
     ap.add_argument("--proprio-sources", nargs="*", help="as the node: eef_pos eef_axis_angle joint:<name> ...")
-    ap.add_argument("--pairing-tolerance", type=float, default=0.05)
+    ap.add_argument("--pairing-tolerance", type=float, default=None, help="s; default: the bag's metadata, else 0.05")
+    ap.add_argument("--proprio-sync-tolerance", type=float, default=None,
+                    help="s; default: the bag's metadata, else off (as the node's parameter)")
     ap.add_argument("--max-observation-age", type=float, default=0.5)
     ap.add_argument("--max-frames", type=int, default=0, help="per bag; 0 = all")
     ap.add_argument("--gripper-dim", type=int, default=-1)

@@ -35,6 +35,7 @@ class ReplayConfig:
     proprio_sources: list[str] = field(default_factory=list)
     instruction: str = ""               # used when the bag has no instruction topic
     pairing_tolerance: float = 0.05     # s, as the policy node
+    proprio_sync_tolerance: float | None = None  # s, as the policy node (None: off)
     max_observation_age: float = 0.5    # s, as the policy node
     max_frames: int = 0                 # 0 = all
     keep_pending: int = 64              # observations kept while waiting for their recorded chunk
@@ -118,7 +119,8 @@ class BagReplay:
     def __iter__(self) -> Iterator[Pair]:
         cfg, reader = self.cfg, self.reader
         asm = ObservationAssembler(cfg.camera_topics, cfg.pairing_tolerance, cfg.max_observation_age,
-                                   cfg.proprio_sources, instruction=cfg.instruction)
+                                   cfg.proprio_sources, instruction=cfg.instruction,
+                                   proprio_sync_tolerance=cfg.proprio_sync_tolerance)
         topics = set(cfg.camera_topics) | {cfg.joint_topic, cfg.eef_topic, cfg.instruction_topic, cfg.chunk_topic}
         pending: OrderedDict[int, tuple[Observation, int]] = OrderedDict()   # stamp µs -> (obs, t_ns)
         waiting: dict[int, RecordedChunk] = {}   # stamp µs -> chunk recorded before its observation

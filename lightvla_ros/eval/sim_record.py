@@ -21,7 +21,8 @@ from typing import Any
 
 from lightvla_ros.nodes.recorder_node import DEFAULT_TOPICS
 
-POLICY_KEYS = ("proprio_sources", "camera_topics", "pairing_tolerance", "max_observation_age")
+POLICY_KEYS = ("proprio_sources", "camera_topics", "pairing_tolerance", "max_observation_age",
+               "proprio_sync_tolerance")
 SUBSCRIBE_TIMEOUT = 30.0     # s for the recorder's subscriptions to show up in the graph
 # The graph shows the recorder's subscriptions before every publisher has matched them: a policy
 # node busy on a loaded CPU was seen to miss the new participant's first announcements and match

@@ -27,7 +27,6 @@ StepGate: each step at most once, stamps strictly increasing; refusals are count
 from __future__ import annotations
 
 import array
-import statistics
 import sys
 import threading
 import time
@@ -90,6 +89,8 @@ PARAMETERS = {
     "ensemble_query_every": (1, "temporal_ensemble: request a chunk every N executed steps"),
     "max_observation_age": (0.5, "s; older observations are stale: no inference, no actions"),
     "pairing_tolerance": (0.05, "s; max spread of the camera stamps in one observation"),
+    "proprio_sync_tolerance": (-1.0, "s; proprio may be at most this older than the images (negative: off; "
+                                     "lock-step sim: 0.001, so the previous step's proprio is never used)"),
     "wait_for_new_observation": (True, "open_loop: infer only from an observation newer than the last step"),
     "publish_on_arrival": (True, "a step found empty is served as soon as the chunk arrives (lock-step sim)"),
     "action_min": ([], "per-dimension lower limits (one value = all dims; [] = none)"),
@@ -153,7 +154,8 @@ class PolicyNode(Node):
             self.assembler = ObservationAssembler(
                 self.camera_names, pairing_tolerance=p("pairing_tolerance"),
                 max_observation_age=p("max_observation_age"), proprio_sources=p("proprio_sources"),
-                instruction=p("instruction"))
+                instruction=p("instruction"),
+                proprio_sync_tolerance=None if p("proprio_sync_tolerance") < 0 else p("proprio_sync_tolerance"))
             weights = list(p("async_blend_weights"))
             self.scheduler = make_scheduler(
                 p("execution_mode"), self.chunk_size, self.action_dim, self.control_period,

@@ -26,7 +26,9 @@ MISSING_PROPRIO = "missing_proprio"
 UNKNOWN_JOINT = "unknown_joint"
 NAN_PROPRIO = "nan_proprio"
 MISSING_INSTRUCTION = "missing_instruction"
-REASONS = (STALE, UNPAIRED, MISSING_CAMERA, MISSING_PROPRIO, UNKNOWN_JOINT, NAN_PROPRIO, MISSING_INSTRUCTION)
+PROPRIO_BEHIND = "proprio_behind"
+REASONS = (STALE, UNPAIRED, MISSING_CAMERA, MISSING_PROPRIO, UNKNOWN_JOINT, NAN_PROPRIO, MISSING_INSTRUCTION,
+           PROPRIO_BEHIND)
 
 PROPRIO_SIZES = {"eef_pos": 3, "eef_axis_angle": 3}
 
@@ -75,7 +77,8 @@ class ObservationAssembler:
 
     def __init__(self, camera_names: Sequence[str], pairing_tolerance: float = 0.05,
                  max_observation_age: float = 0.5, proprio_sources: Sequence[str] = (),
-                 instruction: str = "", proprio_max_age: float | None = None):
+                 instruction: str = "", proprio_max_age: float | None = None,
+                 proprio_sync_tolerance: float | None = None):
         if not camera_names:
             raise ValueError("at least one camera is needed")
         if len(set(camera_names)) != len(camera_names):
@@ -86,6 +89,9 @@ class ObservationAssembler:
         self.proprio_sources = list(proprio_sources)
         self._sources = parse_proprio_sources(self.proprio_sources)
         self.proprio_max_age = self.max_observation_age if proprio_max_age is None else float(proprio_max_age)
+        # None: any fresh proprio goes; else it must not be older than the images by more than this
+        # (a lock-step sim stamps images and proprio alike: the previous step's proprio is refused)
+        self.proprio_sync_tolerance = None if proprio_sync_tolerance is None else float(proprio_sync_tolerance)
         self.instruction = instruction
         self.clear()
 
@@ -149,7 +155,7 @@ class ObservationAssembler:
         if spread > self.pairing_tolerance:
             return Rejection(UNPAIRED, f"camera stamps {dict(zip(self.camera_names, stamps))} are "
                                        f"{spread:.3f} s apart (pairing_tolerance {self.pairing_tolerance:.3f} s)")
-        proprio = self._proprio(now)
+        proprio = self._proprio(now, stamp)
         if isinstance(proprio, Rejection):
             return proprio
         if not self.instruction or not self.instruction.strip():
@@ -158,9 +164,10 @@ class ObservationAssembler:
         images = [self._frames[c][0] for c in self.camera_names]
         return Observation(images=images, instruction=self.instruction, proprio=proprio, stamp=stamp)
 
-    def _proprio(self, now: float) -> np.ndarray | None | Rejection:
+    def _proprio(self, now: float, image_stamp: float) -> np.ndarray | None | Rejection:
         if not self._sources:
             return None
+        oldest_ok = -math.inf if self.proprio_sync_tolerance is None else image_stamp - self.proprio_sync_tolerance
         parts: list[np.ndarray] = []
         for kind, name in self._sources:
             if kind in PROPRIO_SIZES:
@@ -169,6 +176,9 @@ class ObservationAssembler:
                 pos, aa, st = self._eef
                 if now - st > self.proprio_max_age:
                     return Rejection(STALE, f"end-effector pose is {now - st:.3f} s old")
+                if st < oldest_ok:
+                    return Rejection(PROPRIO_BEHIND, f"end-effector pose (t={st:.3f}) is older than the images "
+                                                     f"(t={image_stamp:.3f}); waiting for a newer one")
                 parts.append(pos if kind == "eef_pos" else aa)
             else:
                 if name not in self._joints:
@@ -179,6 +189,9 @@ class ObservationAssembler:
                 val, st = self._joints[name]
                 if now - st > self.proprio_max_age:
                     return Rejection(STALE, f"joint state {name!r} is {now - st:.3f} s old")
+                if st < oldest_ok:
+                    return Rejection(PROPRIO_BEHIND, f"joint state {name!r} (t={st:.3f}) is older than the images "
+                                                     f"(t={image_stamp:.3f}); waiting for a newer one")
                 parts.append(np.array([val], dtype=np.float32))
         proprio = np.concatenate(parts).astype(np.float32)  # (proprio_dim,)
         if not np.all(np.isfinite(proprio)):

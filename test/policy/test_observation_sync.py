@@ -118,3 +118,22 @@ def test_quat_to_axis_angle():
     np.testing.assert_allclose(quat_to_axis_angle(np.array([1.0, 0, 0, 0])), [math.pi, 0, 0], atol=1e-6)
     np.testing.assert_allclose(quat_to_axis_angle(np.array([0, 0, 0, 2.0])), [0, 0, 0])  # identity, unnormalised
     assert np.all(np.isnan(quat_to_axis_angle(np.zeros(4))))
+
+
+def test_proprio_behind_the_images_waits_when_sync_tolerance_is_set():
+    # lock-step: the images of step t arrived, the proprio is still the one of step t - 0.05
+    a = ready(proprio_sync_tolerance=0.001)
+    a.add_image("agentview", img(3), 10.05)
+    a.add_image("wrist", img(4), 10.05)
+    r = a.assemble(10.05)
+    assert isinstance(r, Rejection) and r.reason == osync.PROPRIO_BEHIND and "older than the images" in r.message
+    a.add_eef_pose([0.5, 0.2, 0.3], [0.0, 0.0, 0.0, 1.0], 10.05)
+    assert isinstance(a.assemble(10.05), Rejection)          # the finger joints are still behind
+    a.add_joint_state(["finger_l", "finger_r"], [0.01, -0.01], 10.05)
+    obs = a.assemble(10.05)
+    assert isinstance(obs, Observation) and obs.proprio[0] == pytest.approx(0.5) and obs.proprio[6] == pytest.approx(0.01)
+    # off (the default): the older proprio is used as before
+    b = ready()
+    b.add_image("agentview", img(3), 10.05)
+    b.add_image("wrist", img(4), 10.05)
+    assert isinstance(b.assemble(10.05), Observation)
