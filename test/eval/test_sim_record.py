@@ -61,7 +61,7 @@ def test_sim_eval_records_a_bag_that_replays_to_the_live_chunks(tmp_path, tiny_c
     assert replay["checkpoint"]["sha256"] == meta["checkpoint_sha256"]
     assert e["replay_config"]["proprio_sources"] == meta["proprio_sources"]
     assert e["frames"] == ep["chunks"] and e["chunks_unmatched"] == 0   # every live chunk was replayed
-    # 0.0 unless the live node hit the lock-step proprio race (README, sim bridge known
-    # issues): then the step-8 chunk is off by ~3.5e-5 on this checkpoint
-    assert e["actions"]["max_abs_diff"] < 1e-5, e["actions"]   # the node waits for same-step proprio
+    # the node waits for same-step proprio (proprio_sync_tolerance), so replay matches the live
+    # chunks; the old lock-step race showed up here as ~3.5e-5 on the step-8 chunk
+    assert e["actions"]["max_abs_diff"] < 1e-5, e["actions"]
     assert e["kept_tokens"]["recorded_equal"] == 1.0
