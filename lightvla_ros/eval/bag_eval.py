@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lightvla_ros.eval.bag_io import BagError, BagReader
-from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, BagReplay, ReplayConfig
+from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, BagReplay, ReplayConfig, node_setting
 from lightvla_ros.eval.bag_report import (EvalOptions, Frame, build_report, checkpoint_identity, compare_reports,
                                           compare_text, episode_entry, load_report, summary_text)
 
@@ -48,16 +48,10 @@ def replay_config(args: argparse.Namespace, policy: Any, meta: dict) -> ReplayCo
         proprio_sources=args.proprio_sources if args.proprio_sources is not None
         else default_proprio_sources(policy, meta),
         instruction=args.instruction or "",
-        pairing_tolerance=_node_setting(args.pairing_tolerance, meta, "pairing_tolerance", 0.05),
-        proprio_sync_tolerance=_node_setting(args.proprio_sync_tolerance, meta, "proprio_sync_tolerance", None),
+        pairing_tolerance=node_setting(args.pairing_tolerance, meta, "pairing_tolerance", 0.05),
+        proprio_sync_tolerance=node_setting(args.proprio_sync_tolerance, meta, "proprio_sync_tolerance", None),
         max_observation_age=args.max_observation_age, max_frames=args.max_frames)
 
-
-def _node_setting(arg, meta: dict, key: str, default):
-    """A tolerance as the recorded node had it: the command line, else the bag's metadata, else
-    the node's default. Negative means off (None)."""
-    value = arg if arg is not None else meta.get(key, default)
-    return None if value is None or float(value) < 0 else float(value)
 
 
 def bag_entry(reader: BagReader, meta: dict, replay: BagReplay | None) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from lightvla_ros.eval.bag_io import BagError, BagReader
-from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, CHUNK_TYPE, chunk_actions, stamp_ns
+from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, CHUNK_TYPE, chunk_actions, node_setting, stamp_ns
 from lightvla_ros.eval.bag_report import Frame
 
 SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/JointState",
@@ -27,8 +27,11 @@ SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sen
 def _node_params(args: argparse.Namespace, cams: list[str], meta: dict) -> dict:
     params: dict[str, Any] = {"checkpoint": str(args.checkpoint), "device": args.device, "dtype": args.dtype,
                               "camera_topics": cams, "camera_names": [f"cam{i}" for i in range(len(cams))],
-                              "pairing_tolerance": args.pairing_tolerance,
+                              "pairing_tolerance": node_setting(args.pairing_tolerance, meta, "pairing_tolerance", 0.05),
                               "max_observation_age": args.max_observation_age}
+    sync = node_setting(getattr(args, "proprio_sync_tolerance", None), meta, "proprio_sync_tolerance", None)
+    if sync is not None:
+        params["proprio_sync_tolerance"] = sync
     sources = args.proprio_sources if args.proprio_sources is not None else meta.get("proprio_sources")
     if sources is not None:
         params["proprio_sources"] = list(sources)

@@ -25,6 +25,13 @@ IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CHUNK_TYPE = "lightvla_interfaces/msg/ActionChunk"
 
 
+
+def node_setting(arg, meta: dict, key: str, default):
+    """A tolerance as the recorded node had it: the command line, else the bag's metadata, else
+    the node's default. Negative means off (None)."""
+    value = arg if arg is not None else meta.get(key, default)
+    return None if value is None or float(value) < 0 else float(value)
+
 @dataclass
 class ReplayConfig:
     camera_topics: list[str] = field(default_factory=lambda: list(DEFAULT_CAMERAS))

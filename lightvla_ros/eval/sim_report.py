@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import platform
 import sys
 from pathlib import Path
@@ -46,16 +47,14 @@ def checkpoint_fingerprint(path: str | Path | None) -> dict:
 
 def versions() -> dict:
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for dist in ("lightvla_ros", "torch", "mujoco", "robosuite", "libero", "numpy", "transformers"):
+    for dist in ("lightvla_ros", "torch", "mujoco", "robosuite", "libero", "numpy", "transformers", "timm",
+                 "ros-rclpy"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
-    try:
-        from rclpy.utilities import get_rmw_implementation_identifier  # noqa: F401
-        out["ros_distro"] = "kilted"
-    except ImportError:
-        out["ros_distro"] = None
+    # a sourced ROS install sets ROS_DISTRO; the pinned pip wheels (ros-rclpy 9.x) are Kilted
+    out["ros_distro"] = os.environ.get("ROS_DISTRO") or ("kilted" if out["ros-rclpy"] else None)
     return out
 
 

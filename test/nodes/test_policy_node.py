@@ -195,8 +195,12 @@ def test_empty_instruction_is_ignored_and_counted(drv):
 
 
 def test_observations_stop_actions_stop_within_two_periods_then_resume(node, drv):
-    drv.stream(1.5)
-    assert drv.wait_for(lambda: len(drv.actions) > 0, 2.0)
+    for _ in range(3):  # stop the stream while the node is acting (a starved CPU can stall it mid-stream)
+        drv.stream(1.5)
+        acting = drv.actions and any(drv.actions[-1][1].actions) and time.time() - drv.actions[-1][0] < 0.3
+        if acting:
+            break
+    assert acting, "the node never acted on the stream"
     last_stamp = drv.published[-1][0]
     n = len(drv.actions)
     drv.spin(1.5)
