@@ -8,7 +8,7 @@ Subscribes (topics are parameters; defaults in docs/interfaces.md)
   <camera_topics[i]>/compressed    sensor_msgs/CompressedImage jpeg|png (image_transport compressed|both)
   /joint_states                    sensor_msgs/JointState, sensor-data QoS
   /eef_pose                        geometry_msgs/PoseStamped, sensor-data QoS
-  /instruction                     std_msgs/String, reliable + transient local
+  /instruction                     std_msgs/String: latched (reliable + transient local) and plain publishers
 Publishes
   /lightvla/action_chunk           ActionChunk, one per inference, stamp = observation stamp
   /lightvla/action                 ActionChunk with chunk_size 1, once per control step, stamp = step time
@@ -18,15 +18,24 @@ Publishes
 Services
   ~/reset (std_srvs/Trigger), ~/set_instruction (lightvla_interfaces/SetInstruction)
 
-Threads: sensor callbacks (reentrant group), the step timer (own group) and services run on a
-MultiThreadedExecutor; the model runs on one worker thread, so the step timer keeps its rate while
-the model computes. One lock guards the assembler, the scheduler and the counters. Both paths that
-publish a per-step action (the step timer, a chunk arriving for a step found empty) go through one
-StepGate: each step at most once, stamps strictly increasing; refusals are counted in /diagnostics.
+Threads: every callback (sensors, the step timer, services, parameters) runs on one
+SingleThreadedExecutor and is short (decode, store, decide); the model runs on its own worker
+thread, so the step timer keeps its rate while the model computes. (A MultiThreadedExecutor
+livelocks in rclpy 9.1: a callback queued behind busy pool threads is yielded and submitted again
+on every wait, docs/safety.md.) One lock guards the assembler, the scheduler and the counters.
+Both paths that publish a per-step action (the step timer, a chunk arriving for a step found empty)
+go through one StepGate: each step at most once, stamps strictly increasing; refusals are counted.
+
+Safety rules (docs/safety.md): an input is fresh only if its stamp and its arrival are both within
+max_observation_age of now (stamps beyond future_stamp_tolerance ahead are rejected); no action
+after max_observation_age + 2 periods once any input goes stale; a chunk whose observation is
+older than max_chunk_age when it arrives is dropped; run-time parameter changes are validated and
+applied atomically (queued actions included) or refused with a reason.
 """
 from __future__ import annotations
 
 import array
+import signal
 import sys
 import threading
 import time
@@ -39,13 +48,13 @@ from builtin_interfaces.msg import Duration, Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
@@ -61,10 +70,17 @@ from lightvla_ros.ros.conversions import compressed_to_rgb, image_to_rgb
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+# matches any live publisher (reliable or best effort); LATCHED adds the last message of a latched one
+LIVE = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT)
+# requests wait here until the executor takes them: a burst of 100 calls is answered, not dropped
+SERVICE_QOS = QoSProfile(depth=256, reliability=ReliabilityPolicy.RELIABLE)
+SHOWN_CHARS = 80  # logs and /diagnostics show at most this much of an instruction
+EXPLODING = 1e4   # |action| at warm-up at or above this: the checkpoint is broken (no robot action is this large)
 
 # name: (default, description). Lists default to [] are declared with their type (see _declare).
 PARAMETERS = {
     "checkpoint": ("", "checkpoint directory (released LightVLA / OFT layout)"),
+    "action_rows": ("auto", "hidden-state rows read by the action head: auto | oft | lightvla (docs/model.md)"),
     "device": ("auto", "auto | cpu | cuda | cuda:N"),
     "dtype": ("auto", "auto | float32 | bfloat16 | float16"),
     "compile": (False, "torch.compile the model at start-up"),
@@ -87,7 +103,10 @@ PARAMETERS = {
     "async_delay_compensation": (True, "async: drop the chunk steps that passed since its observation"),
     "ensemble_m": (0.01, "temporal_ensemble: w_i = exp(-m * i), i = 0 oldest chunk"),
     "ensemble_query_every": (1, "temporal_ensemble: request a chunk every N executed steps"),
-    "max_observation_age": (0.5, "s; older observations are stale: no inference, no actions"),
+    "max_observation_age": (0.5, "s; an input whose stamp or arrival is older is stale: no inference, no actions"),
+    "future_stamp_tolerance": (0.1, "s; an input stamped further ahead of the node's clock is rejected (future_stamp)"),
+    "max_chunk_age": (-1.0, "s; a chunk whose observation is older when it arrives is dropped (negative: "
+                            "max_observation_age)"),
     "pairing_tolerance": (0.05, "s; max spread of the camera stamps in one observation"),
     "proprio_sync_tolerance": (-1.0, "s; proprio may be at most this older than the images (negative: off; "
                                      "lock-step sim: 0.001, so the previous step's proprio is never used)"),
@@ -101,6 +120,11 @@ PARAMETERS = {
     "joint_names": ([], "JointTrajectory joint names, one per action dim (joint_position only)"),
     "diagnostics_period": (1.0, "s between /diagnostics messages"),
 }
+# Only these may change while the node runs (validated and applied atomically, else refused);
+# every other parameter is read-only after start-up.
+RUNTIME = ("instruction", "max_observation_age", "future_stamp_tolerance", "max_chunk_age", "pairing_tolerance",
+           "proprio_sync_tolerance", "wait_for_new_observation", "publish_on_arrival", "action_min", "action_max",
+           "limit_mode", "publish_hold_on_stale", "hold_action")
 EMPTY_LIST_DEFAULTS = {"async_blend_weights": Parameter.Type.DOUBLE_ARRAY, "action_min": Parameter.Type.DOUBLE_ARRAY,
                        "action_max": Parameter.Type.DOUBLE_ARRAY, "hold_action": Parameter.Type.DOUBLE_ARRAY,
                        "joint_names": Parameter.Type.STRING_ARRAY}
@@ -119,6 +143,11 @@ def time_msg(seconds: float) -> TimeMsg:
     return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """An instruction for logs and diagnostics: at most `limit` characters, with its full length."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 def pctl(values, q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else 0.0
 
@@ -132,8 +161,6 @@ class PolicyNode(Node):
             raise StartupError(f"image_transport must be raw, compressed or both, got {p('image_transport')!r}")
         if p("execution_mode") not in SCHEDULERS:
             raise StartupError(f"execution_mode must be one of {', '.join(SCHEDULERS)}, got {p('execution_mode')!r}")
-        if p("limit_mode") not in ("clip", "reject"):
-            raise StartupError(f"limit_mode must be clip or reject, got {p('limit_mode')!r}")
         if not p("control_rate_hz") > 0:
             raise StartupError(f"control_rate_hz must be > 0, got {p('control_rate_hz')}")
         self.camera_names = list(p("camera_names"))
@@ -152,10 +179,7 @@ class PolicyNode(Node):
         self.action_space = str(self.policy.action_space)
         try:
             self.assembler = ObservationAssembler(
-                self.camera_names, pairing_tolerance=p("pairing_tolerance"),
-                max_observation_age=p("max_observation_age"), proprio_sources=p("proprio_sources"),
-                instruction=p("instruction"),
-                proprio_sync_tolerance=None if p("proprio_sync_tolerance") < 0 else p("proprio_sync_tolerance"))
+                self.camera_names, proprio_sources=p("proprio_sources"), instruction=p("instruction"))
             weights = list(p("async_blend_weights"))
             self.scheduler = make_scheduler(
                 p("execution_mode"), self.chunk_size, self.action_dim, self.control_period,
@@ -163,15 +187,16 @@ class PolicyNode(Node):
                 latency_margin_steps=p("async_latency_margin_steps"),
                 delay_compensation=p("async_delay_compensation"), ensemble_m=p("ensemble_m"),
                 query_every=p("ensemble_query_every"))
+            self._apply(self._runtime_config({n: p(n) for n in RUNTIME}))
         except ValueError as e:
             raise StartupError(str(e)) from None
         want_proprio = int(getattr(self.policy, "proprio_dim", 0) or 0)
         if want_proprio and self.assembler.proprio_dim != want_proprio:
             raise StartupError(f"proprio_sources {p('proprio_sources')} give {self.assembler.proprio_dim} values "
                                f"but the checkpoint expects proprio_dim {want_proprio}")
-        self.action_min = self._limits("action_min")
-        self.action_max = self._limits("action_max")
-        self.hold_action = self._limits("hold_action")
+        problem = self._instruction_problem(self.assembler.instruction) if self.assembler.instruction else None
+        if problem:
+            raise StartupError(f"parameter 'instruction': {problem}")
         self.joint_names = list(p("joint_names")) or [f"joint_{i}" for i in range(self.action_dim)]
         if self.action_space == "joint_position" and len(self.joint_names) != self.action_dim:
             raise StartupError(f"joint_names has {len(self.joint_names)} names but the action has {self.action_dim} dims")
@@ -179,7 +204,8 @@ class PolicyNode(Node):
         # --- state (guarded by _lock) ---
         self._lock = threading.Lock()
         self._epoch = 0                      # bumped by reset / stall: in-flight results are dropped
-        self._last_good_obs: float | None = None   # stamp of the newest observation that assembled
+        self._last_good_obs: float | None = None   # fresh_since of the newest observation that assembled
+        self._fresh = False                  # the watchdog's state: logs each fresh <-> stale transition
         self._obs_after = -1.0               # an inference needs an observation newer than this
         self._steps = StepGate(on_refused=self._step_refused)  # which step may still get an action
         self._publishing = False
@@ -187,61 +213,57 @@ class PolicyNode(Node):
         self._stamps: OrderedDict[float, TimeMsg] = OrderedDict()  # float stamp -> exact header stamp
         self.rejected: Counter = Counter()   # observation rejections by reason
         self.bad_input: Counter = Counter()  # malformed messages by kind
-        self.safety: Counter = Counter()     # nan_action, clipped_chunks, rejected_chunks, stalls, dropped_chunks
+        self.safety: Counter = Counter()     # nan_action, clipped_chunks, rejected_chunks, stalls, old_chunks, ...
         self._logged: set[str] = set()
         self._tick_times: deque[float] = deque(maxlen=200)
         self._action_times: deque[float] = deque(maxlen=200)
         self._model_latency: deque[float] = deque(maxlen=200)
         self._node_latency: deque[float] = deque(maxlen=200)   # request -> chunk published, minus model time
+        self._chunk_age: deque[float] = deque(maxlen=200)      # observation age when its chunk arrived
         self.inferences = 0
         self.actions_published = 0
 
         # --- worker ---
-        self._job: tuple[Observation, int, float] | None = None
+        self._job: tuple[Observation, int, float, float] | None = None  # obs, epoch, t_request, fresh_since
         self._job_cv = threading.Condition(self._lock)
         self._running = True
         self._worker = threading.Thread(target=self._work, name="lightvla_inference", daemon=True)
 
-        # --- ROS interfaces ---
-        sensors = ReentrantCallbackGroup()
-        step_group = MutuallyExclusiveCallbackGroup()
-        misc = MutuallyExclusiveCallbackGroup()
+        # --- ROS interfaces (one SingleThreadedExecutor runs every callback: see the module doc) ---
         transport = p("image_transport")
         self._subs = []
         for name, topic in zip(self.camera_names, self.camera_topics):
             if transport in ("raw", "both"):
                 self._subs.append(self.create_subscription(
-                    Image, topic, lambda m, n=name: self._on_image(n, m, False), qos_profile_sensor_data,
-                    callback_group=sensors))
+                    Image, topic, lambda m, n=name: self._on_image(n, m, False), qos_profile_sensor_data))
             if transport in ("compressed", "both"):
                 self._subs.append(self.create_subscription(
                     CompressedImage, topic.rstrip("/") + "/compressed", lambda m, n=name: self._on_image(n, m, True),
-                    qos_profile_sensor_data, callback_group=sensors))
+                    qos_profile_sensor_data))
         if self.assembler.joint_names:
             self._subs.append(self.create_subscription(JointState, p("joint_states_topic"), self._on_joint_state,
-                                                       qos_profile_sensor_data, callback_group=sensors))
+                                                       qos_profile_sensor_data))
         if self.assembler.needs_eef:
             self._subs.append(self.create_subscription(PoseStamped, p("eef_pose_topic"), self._on_eef_pose,
-                                                       qos_profile_sensor_data, callback_group=sensors))
-        self._subs.append(self.create_subscription(String, p("instruction_topic"), self._on_instruction, LATCHED,
-                                                   callback_group=misc))
+                                                       qos_profile_sensor_data))
+        for qos in (LATCHED, LIVE):  # a latched publisher's last message, and any plain publisher
+            self._subs.append(self.create_subscription(String, p("instruction_topic"), self._on_instruction, qos))
         self.pub_chunk = self.create_publisher(ActionChunk, "/lightvla/action_chunk", RELIABLE)
         self.pub_action = self.create_publisher(ActionChunk, "/lightvla/action", RELIABLE)
         self.pub_stats = self.create_publisher(PruningStats, "/lightvla/pruning_stats", RELIABLE)
         self.pub_traj = (self.create_publisher(JointTrajectory, "/lightvla/joint_trajectory", RELIABLE)
                          if self.action_space == "joint_position" else None)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
-        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=misc)
-        self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction, callback_group=misc)
+        self.create_service(Trigger, "~/reset", self._on_reset, qos_profile=SERVICE_QOS)
+        self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction, qos_profile=SERVICE_QOS)
         self.add_on_set_parameters_callback(self._on_params)
-        self._step_timer = self.create_timer(self.control_period, self._on_step, callback_group=step_group)
-        self._diag_timer = self.create_timer(float(p("diagnostics_period")), self._publish_diagnostics,
-                                             callback_group=misc)
+        self._step_timer = self.create_timer(self.control_period, self._on_step)
+        self._diag_timer = self.create_timer(float(p("diagnostics_period")), self._publish_diagnostics)
 
     # ------------------------------------------------------------------ set-up
     def _declare(self) -> None:
         for name, (default, desc) in PARAMETERS.items():
-            d = ParameterDescriptor(description=desc)
+            d = ParameterDescriptor(description=desc, read_only=name not in RUNTIME)
             try:
                 if name in EMPTY_LIST_DEFAULTS:  # declared with a type, no value: [] unless set
                     self.declare_parameter(name, EMPTY_LIST_DEFAULTS[name], d)
@@ -256,15 +278,60 @@ class PolicyNode(Node):
             return []
         return param.value
 
-    def _limits(self, name: str) -> np.ndarray | None:
-        vals = list(self._p(name))
-        if not vals:
-            return None
-        if len(vals) == 1:
-            vals = vals * self.action_dim
-        if len(vals) != self.action_dim:
-            raise StartupError(f"{name} has {len(vals)} values; give 1 or action_dim = {self.action_dim}")
-        return np.asarray(vals, dtype=np.float32)
+    def _runtime_config(self, values: dict) -> dict:
+        """Validate the run-time parameters (all of them, as they would be after a change) and derive
+        what the node uses; raises ValueError saying what is wrong. Nothing is applied here."""
+        def limits(name):
+            vals = [float(v) for v in (values[name] if values[name] is not None else [])]
+            if not vals:
+                return None
+            if len(vals) == 1:
+                vals = vals * self.action_dim
+            if len(vals) != self.action_dim:
+                raise ValueError(f"{name} has {len(vals)} values; give 1 or action_dim = {self.action_dim}")
+            if not all(np.isfinite(vals)):
+                raise ValueError(f"{name} must be finite numbers, got {vals}")
+            return np.asarray(vals, dtype=np.float32)
+
+        def seconds(name, positive=True):
+            v = float(values[name])
+            if not np.isfinite(v) or (positive and v <= 0):
+                raise ValueError(f"{name} must be a {'positive' if positive else 'finite'} number of seconds, got {v}")
+            return v
+
+        if values["limit_mode"] not in ("clip", "reject"):
+            raise ValueError(f"limit_mode must be clip or reject, got {values['limit_mode']!r}")
+        cfg = {"action_min": limits("action_min"), "action_max": limits("action_max"),
+               "hold_action": limits("hold_action"), "limit_mode": values["limit_mode"],
+               "max_observation_age": seconds("max_observation_age"),
+               "future_stamp_tolerance": seconds("future_stamp_tolerance", positive=False),
+               "pairing_tolerance": seconds("pairing_tolerance", positive=False),
+               "proprio_sync_tolerance": seconds("proprio_sync_tolerance", positive=False)}
+        if cfg["action_min"] is not None and cfg["action_max"] is not None and \
+                np.any(cfg["action_min"] > cfg["action_max"]):
+            raise ValueError(f"action_min {cfg['action_min'].tolist()} exceeds action_max {cfg['action_max'].tolist()}")
+        if cfg["future_stamp_tolerance"] < 0 or cfg["pairing_tolerance"] < 0:
+            raise ValueError("future_stamp_tolerance and pairing_tolerance must be >= 0")
+        age = seconds("max_chunk_age", positive=False)
+        cfg["max_chunk_age"] = cfg["max_observation_age"] if age < 0 else age
+        if cfg["max_chunk_age"] == 0:
+            raise ValueError("max_chunk_age must be > 0 (negative: max_observation_age)")
+        return cfg
+
+    def _apply(self, cfg: dict) -> None:
+        """Make a validated run-time configuration current (lock held once the node runs)."""
+        self.action_min, self.action_max = cfg["action_min"], cfg["action_max"]
+        self.hold_action, self.limit_mode = cfg["hold_action"], cfg["limit_mode"]
+        self.max_chunk_age = cfg["max_chunk_age"]
+        a = self.assembler
+        a.max_observation_age, a.pairing_tolerance = cfg["max_observation_age"], cfg["pairing_tolerance"]
+        a.future_tolerance = cfg["future_stamp_tolerance"]
+        a.proprio_sync_tolerance = None if cfg["proprio_sync_tolerance"] < 0 else cfg["proprio_sync_tolerance"]
+
+    def _instruction_problem(self, text: str) -> str | None:
+        """Why the model cannot take this instruction (too long for its positions), or None."""
+        check = getattr(self.policy, "instruction_problem", None)
+        return check(text) if check is not None else None
 
     def _load_policy(self):
         ckpt = str(self._p("checkpoint"))
@@ -275,6 +342,8 @@ class PolicyNode(Node):
         from lightvla_ros.policy.vla_policy import VLAPolicy
 
         kwargs = dict(device=self._p("device"), dtype=self._p("dtype"), compile=bool(self._p("compile")))
+        if self._p("action_rows") != "auto":
+            kwargs["action_rows"] = self._p("action_rows")
         if self._p("unnorm_key"):
             kwargs["unnorm_key"] = self._p("unnorm_key")
         t0 = time.monotonic()
@@ -284,24 +353,36 @@ class PolicyNode(Node):
             raise StartupError(f"could not load checkpoint {ckpt!r}: {type(e).__name__}: {e}") from None
         self.get_logger().info(f"loaded {ckpt} in {time.monotonic() - t0:.1f} s: chunk {policy.chunk_size} x "
                                f"{policy.action_dim} ({policy.action_space}), {policy.num_images} image(s), "
-                               f"proprio {policy.proprio_dim}")
+                               f"proprio {policy.proprio_dim}, action rows {getattr(policy, 'action_rows', 'n/a')}")
         return policy
 
     def start(self) -> None:
-        """Warm the model up, then start the worker; logs 'policy ready'."""
+        """Warm the model up, then start the worker; logs 'policy ready'. A model that fails or
+        gives non-finite / exploding actions at warm-up is a StartupError (one line, exit 2)."""
         t0 = time.monotonic()
-        self.policy.warmup()
+        ckpt = self._p("checkpoint") or "the given policy"
+        try:
+            out = self.policy.warmup()
+        except Exception as e:
+            raise StartupError(f"checkpoint {ckpt!r} failed its warm-up inference: {type(e).__name__}: "
+                               f"{str(e)[:200]}") from None
+        actions = getattr(out, "actions", None)
+        if actions is not None and not np.all(np.abs(np.asarray(actions, dtype=np.float64)) < EXPLODING):
+            raise StartupError(f"checkpoint {ckpt!r} gives actions of magnitude >= {EXPLODING:g} (or NaN) at "
+                               "warm-up: the weights or the dataset statistics are broken")
         self._worker.start()
         self.get_logger().info(
             f"policy ready (warm-up {time.monotonic() - t0:.2f} s; mode {self._p('execution_mode')}, "
             f"{1.0 / self.control_period:g} Hz, cameras {dict(zip(self.camera_names, self.camera_topics))})")
 
-    def close(self) -> None:
+    def close(self, timeout: float = 1.0) -> None:
+        """Stop the worker: an inference in flight is discarded (nothing is published after this)."""
         with self._lock:
             self._running = False
+            self._job = None
             self._job_cv.notify_all()
         if self._worker.is_alive():
-            self._worker.join(timeout=5.0)
+            self._worker.join(timeout=timeout)  # a long forward pass finishes on its own and is dropped
 
     # ------------------------------------------------------------------ helpers
     def _now(self) -> float:
@@ -344,47 +425,75 @@ class PolicyNode(Node):
             return
         with self._lock:
             t = self._remember_stamp(msg.header.stamp)
-            self.assembler.add_image(camera, rgb, t)
-            self._maybe_request(self._now(), count_rejection=False)
+            now = self._now()
+            self.assembler.add_image(camera, rgb, t, received=now)
+            self._maybe_request(now, count_rejection=False)
 
     def _on_joint_state(self, msg: JointState) -> None:
         with self._lock:
-            try:
-                self.assembler.add_joint_state(list(msg.name), list(msg.position), stamp_sec(msg.header.stamp))
+            now = self._now()
+            try:  # a malformed message is rejected whole: the joints it would refresh go stale
+                self.assembler.add_joint_state(list(msg.name), list(msg.position), stamp_sec(msg.header.stamp),
+                                               received=now)
             except ValueError as e:
                 self._report(self.bad_input, "bad_joint_state", f"{self._p('joint_states_topic')}: {e}")
                 return
-            self._maybe_request(self._now(), count_rejection=False)  # the last piece may complete it
+            self._maybe_request(now, count_rejection=False)  # the last piece may complete it
 
     def _on_eef_pose(self, msg: PoseStamped) -> None:
         p, q = msg.pose.position, msg.pose.orientation
         with self._lock:
-            self.assembler.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_sec(msg.header.stamp))
-            self._maybe_request(self._now(), count_rejection=False)
+            now = self._now()
+            self.assembler.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_sec(msg.header.stamp),
+                                        received=now)
+            self._maybe_request(now, count_rejection=False)
 
     def _on_instruction(self, msg: String) -> None:
         self._set_instruction(msg.data, "topic")
 
     def _set_instruction(self, text: str, source: str) -> tuple[bool, str]:
-        with self._lock:
-            if not text or not text.strip():
+        if not text or not text.strip():
+            with self._lock:
                 self._report(self.bad_input, "empty_instruction", f"empty instruction from the {source} ignored")
-                return False, "empty instruction ignored; the previous one stays"
+            return False, "empty instruction ignored; the previous one stays"
+        problem = self._instruction_problem(text)
+        if problem:
+            with self._lock:
+                self._report(self.bad_input, "instruction_too_long", f"instruction from the {source} "
+                                                                     f"'{shorten(text)}' refused: {problem}")
+            return False, f"instruction refused: {problem}; the previous one stays"
+        with self._lock:
             changed = text != self.assembler.instruction
             self.assembler.set_instruction(text)
             if changed:
                 self._clear_queue(self._now())
         if changed:
-            self.get_logger().info(f"instruction ({source}): {text!r}")
-        return True, f"instruction set: {text!r}"
+            self.get_logger().info(f"instruction ({source}): '{shorten(text)}'")
+        return True, f"instruction set: '{shorten(text)}'"
 
     def _on_params(self, params) -> SetParametersResult:
-        for prm in params:
-            if prm.name == "instruction" and prm.value:
-                self._set_instruction(prm.value, "parameter")
-            elif prm.name in ("checkpoint", "device", "dtype", "camera_topics", "camera_names", "execution_mode",
-                              "control_rate_hz", "image_transport", "proprio_sources"):
-                return SetParametersResult(successful=False, reason=f"{prm.name} is read at start-up only")
+        """Run-time parameters: validated together, then applied atomically under the lock (queued
+        actions meet new limits at the step), or refused with the reason. Never accepted and ignored."""
+        new = {prm.name: prm.value for prm in params}
+        for name in new:
+            if name not in RUNTIME and name in PARAMETERS:  # read-only descriptors refuse these first
+                return SetParametersResult(successful=False, reason=f"{name} is read at start-up only")
+        if "instruction" in new and new["instruction"]:
+            problem = self._instruction_problem(new["instruction"])
+            if problem:
+                return SetParametersResult(successful=False, reason=f"instruction refused: {problem}")
+        values = {n: new.get(n, self._p(n)) for n in RUNTIME}
+        try:
+            cfg = self._runtime_config(values)
+        except (ValueError, TypeError) as e:
+            return SetParametersResult(successful=False, reason=str(e))
+        with self._lock:
+            self._apply(cfg)
+        if "instruction" in new and new["instruction"]:
+            self._set_instruction(new["instruction"], "parameter")
+        changed = sorted(n for n in new if n != "instruction")
+        if changed:
+            self.get_logger().info(f"parameters applied: {', '.join(f'{n}={new[n]!r}' for n in changed)}")
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ services
@@ -418,15 +527,19 @@ class PolicyNode(Node):
             self._tick_times.append(time.monotonic())
             obs = self.assembler.assemble(now)
             if isinstance(obs, Observation):
-                self._last_good_obs = max(obs.stamp, self._last_good_obs or obs.stamp)
-            stalled = self._last_good_obs is None or now - self._last_good_obs > self.assembler.max_observation_age
-            if stalled:
+                self._mark_good()
+            if not self._publishing_allowed(now):
                 hold = None
-                if self._publishing:
-                    self._publishing = False
+                if self._fresh:  # the watchdog: fresh -> stale, logged once per transition
+                    self._fresh = False
                     self.safety["stalls"] += 1
                     age = "never" if self._last_good_obs is None else f"{now - self._last_good_obs:.2f} s ago"
-                    self.get_logger().warning(f"observations stopped (last usable {age}): actions stopped")
+                    which = "; ".join(self.assembler.stale_inputs(now)) or \
+                        (obs.message if isinstance(obs, Rejection) else "no usable observation")
+                    self.get_logger().warning(f"observations stopped: {which} (last usable observation {age}); "
+                                              "no actions until every input is fresh")
+                if self._publishing:
+                    self._publishing = False
                     self._clear_queue(now)
                     if self._p("publish_hold_on_stale"):
                         hold = self._hold_vector()
@@ -448,6 +561,17 @@ class PolicyNode(Node):
         self._report(self.safety, kind + "s", f"no action for the step at t={step_time:.3f}: the step at "
                                               f"t={newest:.3f} was already begun ({why})")
 
+    def _mark_good(self) -> None:
+        """An observation assembled (lock held): it stays usable until its oldest input (stamp or
+        arrival, cameras and proprio alike) is max_observation_age old."""
+        since = self.assembler.fresh_since()
+        if since is not None:
+            self._last_good_obs = max(since, self._last_good_obs if self._last_good_obs is not None else since)
+        if not self._fresh:
+            self._fresh = True
+            if self.safety["stalls"]:
+                self.get_logger().info("observations resumed")
+
     def _maybe_request(self, now: float, count_rejection: bool, obs=None) -> None:
         """Hand an observation to the worker if the scheduler wants a chunk (lock held)."""
         if self._job is not None or not self.scheduler.wants_inference(now):
@@ -458,22 +582,29 @@ class PolicyNode(Node):
             if count_rejection:
                 self._report(self.rejected, obs.reason, obs.message)
             return
-        self._last_good_obs = max(obs.stamp, self._last_good_obs or obs.stamp)
+        self._mark_good()
         if obs.stamp <= self._obs_after:  # from before the last step / reset: wait for a newer one
             return
         self.scheduler.inference_started(now)
-        self._job = (obs, self._epoch, time.monotonic())
+        since = self.assembler.fresh_since()
+        self._job = (obs, self._epoch, time.monotonic(), obs.stamp if since is None else since)
         self._job_cv.notify()
 
     def _publish_step(self, action: np.ndarray, step_time: float) -> None:
-        """Publish one control step's action (lock held); a last safety check on the values."""
+        """Publish one control step's action (lock held); a last safety check against the limits in
+        force now (a limit changed at run time applies to actions queued before the change)."""
         if not np.all(np.isfinite(action)):
             self._report(self.safety, "nan_action", "a step action had NaN/Inf values: not published")
             return
-        if self.action_min is not None and np.any(action < self.action_min - 1e-6) or \
-                self.action_max is not None and np.any(action > self.action_max + 1e-6):
-            self._report(self.safety, "out_of_limits_step", f"step action {action.tolist()} outside limits: not published")
-            return
+        lo = self.action_min if self.action_min is not None else -np.inf
+        hi = self.action_max if self.action_max is not None else np.inf
+        if np.any(action < lo) or np.any(action > hi):
+            if self.limit_mode == "reject":
+                self._report(self.safety, "out_of_limits_step", f"step action {action.tolist()} outside "
+                                                                "[action_min, action_max]: not published")
+                return
+            action = np.clip(action, lo, hi).astype(np.float32)
+            self.safety["clipped_steps"] += 1
         msg = ActionChunk()
         msg.header.stamp = time_msg(step_time)
         msg.chunk_size, msg.action_dim = 1, self.action_dim
@@ -511,26 +642,40 @@ class PolicyNode(Node):
                     self._job_cv.wait(timeout=0.2)
                 if not self._running:
                     return
-                obs, epoch, t_request = self._job
+                obs, epoch, t_request, since = self._job
             try:
                 out = self.policy.infer(obs)
             except Exception as e:  # a model error must not take the node down
                 with self._lock:
-                    self._report(self.safety, "inference_error", f"inference failed: {type(e).__name__}: {e}")
+                    if not self._running:
+                        return
+                    self._report(self.safety, "inference_error", f"inference failed: {type(e).__name__}: "
+                                                                 f"{str(e)[:200]}")
                     if self._job is not None and self._job[1] == epoch:
                         self._job = None
                         self.scheduler.inference_failed(self._now())
                 continue
-            self._on_result(out, obs, epoch, t_request)
+            self._on_result(out, obs, epoch, t_request, since)
 
-    def _on_result(self, out: PolicyOutput, obs: Observation, epoch: int, t_request: float) -> None:
+    def _on_result(self, out: PolicyOutput, obs: Observation, epoch: int, t_request: float, since: float) -> None:
         """A chunk is back from the model: check it, publish it, queue it, serve a step waiting for it."""
         with self._lock:
+            if not self._running:   # shutting down: the context may be gone, publish nothing
+                return
             if self._job is None or self._job[1] != epoch:   # reset / stall while inferring
                 self.safety["dropped_chunks"] += 1
                 return
             self._job = None
             self.inferences += 1
+            now = self._now()
+            age = now - since
+            self._chunk_age.append(age)
+            if age > self.max_chunk_age:  # executing it would act on what the robot saw long ago
+                self._report(self.safety, "old_chunks", f"a chunk arrived {age:.3f} s after its observation "
+                                                        f"(max_chunk_age {self.max_chunk_age:.3f} s): dropped; the "
+                                                        "model cannot keep up (model latency in /diagnostics)")
+                self.scheduler.inference_failed(now)
+                return
             actions = self._check_chunk(out.actions)
             if actions is None:
                 self.scheduler.inference_failed(self._now())
@@ -547,6 +692,7 @@ class PolicyNode(Node):
                     self._publish_step(got[1], got[0])
 
     def _publishing_allowed(self, now: float) -> bool:
+        """The watchdog: some observation assembled whose every input is still within max_observation_age."""
         return self._last_good_obs is not None and now - self._last_good_obs <= self.assembler.max_observation_age
 
     def _check_chunk(self, actions: np.ndarray) -> np.ndarray | None:
@@ -562,7 +708,7 @@ class PolicyNode(Node):
         hi = self.action_max if self.action_max is not None else np.inf
         outside = (actions < lo) | (actions > hi)
         if outside.any():
-            if self._p("limit_mode") == "reject":
+            if self.limit_mode == "reject":
                 self._report(self.safety, "rejected_chunks", f"{int(outside.sum())} action values outside "
                                                              "[action_min, action_max]: chunk rejected")
                 return None
@@ -616,7 +762,11 @@ class PolicyNode(Node):
                 "missed_steps": str(s.missed_steps),
                 "pauses": str(s.pauses),
                 "dropped_chunk_steps": str(s.dropped_steps),
-                "instruction": self.assembler.instruction,
+                "instruction": shorten(self.assembler.instruction),
+                "chunk_age_median_s": f"{pctl(self._chunk_age, 50):.4f}",
+                "max_chunk_age_s": f"{self.max_chunk_age:.4f}",
+                "keeping_up": "no" if self.safety["old_chunks"] and self._chunk_age and
+                              self._chunk_age[-1] > self.max_chunk_age else "yes",
             }
             for c, prefix in ((self.rejected, "rejected_"), (self.bad_input, "bad_input_"), (self.safety, "safety_")):
                 for k, n in sorted(c.items()):
@@ -650,21 +800,35 @@ def joint_trajectory(actions: np.ndarray, stamp: TimeMsg, joint_names: list[str]
     return traj
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops the node the way Ctrl-C does
+
+
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    """Spin the node on one thread. Signals are ours, not rclpy's: rclpy's handler would shut the
+    context down while an inference is in flight; here Ctrl-C / SIGTERM first stop the worker
+    (its result is discarded), then the node is destroyed and rclpy shut down."""
+    log = get_logger("lightvla_policy")
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as e:  # e.g. a malformed -p override: rcl cannot parse the arguments
+        log.error(f"could not start: {type(e).__name__}: {e} (check the --ros-args)")
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
     node = None
     code = 0
     try:
         node = PolicyNode()
         node.start()
-        executor = MultiThreadedExecutor(num_threads=4)
+        executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while rclpy.ok():  # bounded waits: a signal is handled even when no timer fires (paused sim clock)
+            executor.spin_once(timeout_sec=0.1)
     except StartupError as e:
-        get_logger("lightvla_policy").error(str(e))
+        log.error(str(e))
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        log.info("shutting down")
     finally:
         try:
             if node is not None:

@@ -4,7 +4,11 @@ Transport-free and clock-agnostic: the caller feeds decoded data with its stamps
 passes `now` to `assemble`, so the policy node (node clock / sim time) and bag replay (bag time)
 share it. Rules:
 - the newest frame per camera is kept; all cameras must be within `pairing_tolerance` of each other;
-- the observation stamp is the oldest camera stamp; older than `max_observation_age` -> stale;
+- the observation stamp is the oldest camera stamp;
+- one staleness rule for every input (each camera, each proprio joint, the eef pose): it is fresh
+  only if both its header stamp and its receive time are within `max_observation_age` of `now`;
+  a stamp more than `future_tolerance` after `now` is rejected (`future_stamp`), so a clock
+  running ahead cannot keep an observation fresh forever;
 - proprio follows `proprio_sources`, in order: `eef_pos` (3), `eef_axis_angle` (3), `joint:<name>` (1);
 - anything missing or bad -> a Rejection with a reason code (REASONS) and a readable message.
 """
@@ -27,8 +31,9 @@ UNKNOWN_JOINT = "unknown_joint"
 NAN_PROPRIO = "nan_proprio"
 MISSING_INSTRUCTION = "missing_instruction"
 PROPRIO_BEHIND = "proprio_behind"
+FUTURE_STAMP = "future_stamp"
 REASONS = (STALE, UNPAIRED, MISSING_CAMERA, MISSING_PROPRIO, UNKNOWN_JOINT, NAN_PROPRIO, MISSING_INSTRUCTION,
-           PROPRIO_BEHIND)
+           PROPRIO_BEHIND, FUTURE_STAMP)
 
 PROPRIO_SIZES = {"eef_pos": 3, "eef_axis_angle": 3}
 
@@ -77,8 +82,8 @@ class ObservationAssembler:
 
     def __init__(self, camera_names: Sequence[str], pairing_tolerance: float = 0.05,
                  max_observation_age: float = 0.5, proprio_sources: Sequence[str] = (),
-                 instruction: str = "", proprio_max_age: float | None = None,
-                 proprio_sync_tolerance: float | None = None):
+                 instruction: str = "", proprio_sync_tolerance: float | None = None,
+                 future_tolerance: float = 0.1):
         if not camera_names:
             raise ValueError("at least one camera is needed")
         if len(set(camera_names)) != len(camera_names):
@@ -88,7 +93,7 @@ class ObservationAssembler:
         self.max_observation_age = float(max_observation_age)
         self.proprio_sources = list(proprio_sources)
         self._sources = parse_proprio_sources(self.proprio_sources)
-        self.proprio_max_age = self.max_observation_age if proprio_max_age is None else float(proprio_max_age)
+        self.future_tolerance = float(future_tolerance)  # s a stamp may lead `now` (clock skew, lock-step)
         # None: any fresh proprio goes; else it must not be older than the images by more than this
         # (a lock-step sim stamps images and proprio alike: the previous step's proprio is refused)
         self.proprio_sync_tolerance = None if proprio_sync_tolerance is None else float(proprio_sync_tolerance)
@@ -97,10 +102,10 @@ class ObservationAssembler:
 
     def clear(self) -> None:
         """Forget every frame and proprio value (the instruction stays)."""
-        self._frames: dict[str, tuple[np.ndarray, float]] = {}     # camera -> ((H, W, 3) uint8, stamp)
-        self._joints: dict[str, tuple[float, float]] = {}          # joint name -> (position, stamp)
+        self._frames: dict[str, tuple[np.ndarray, float, float]] = {}  # camera -> ((H, W, 3) uint8, stamp, received)
+        self._joints: dict[str, tuple[float, float, float]] = {}       # joint name -> (position, stamp, received)
         self._joint_msgs = 0
-        self._eef: tuple[np.ndarray, np.ndarray, float] | None = None  # pos (3,), axis-angle (3,), stamp
+        self._eef: tuple[np.ndarray, np.ndarray, float, float] | None = None  # pos, axis-angle, stamp, received
 
     @property
     def proprio_dim(self) -> int:
@@ -118,28 +123,83 @@ class ObservationAssembler:
     def set_instruction(self, text: str) -> None:
         self.instruction = text
 
-    def add_image(self, camera: str, image: np.ndarray, stamp: float) -> None:
-        """image: (H, W, 3) uint8 RGB, already decoded and checked by the transport."""
+    def add_image(self, camera: str, image: np.ndarray, stamp: float, received: float | None = None) -> None:
+        """image: (H, W, 3) uint8 RGB, already decoded and checked by the transport.
+        received: when it arrived on the caller's clock (default: the stamp, e.g. bag replay)."""
         if camera not in self.camera_names:
             raise KeyError(f"unknown camera {camera!r}; configured: {self.camera_names}")
-        self._frames[camera] = (image, float(stamp))
+        self._frames[camera] = (image, float(stamp), float(stamp if received is None else received))
 
-    def add_joint_state(self, names: Sequence[str], positions: Sequence[float], stamp: float) -> None:
-        """Merge by name (robots may publish arm and fingers separately). Length mismatch raises."""
+    def add_joint_state(self, names: Sequence[str], positions: Sequence[float], stamp: float,
+                        received: float | None = None) -> None:
+        """Merge by name (robots may publish arm and fingers separately). A malformed message
+        (length mismatch, one name with two different values) raises and changes nothing."""
         if len(names) != len(positions):
             raise ValueError(f"joint state has {len(names)} names but {len(positions)} positions")
-        self._joint_msgs += 1
+        values: dict[str, float] = {}
         for n, p in zip(names, positions):
-            self._joints[str(n)] = (float(p), float(stamp))
+            n, p = str(n), float(p)
+            if n in values and not (values[n] == p or (math.isnan(p) and math.isnan(values[n]))):
+                raise ValueError(f"joint state names {n!r} twice with different positions ({values[n]} and {p})")
+            values[n] = p
+        self._joint_msgs += 1
+        received = float(stamp if received is None else received)
+        for n, p in values.items():
+            self._joints[n] = (p, float(stamp), received)
 
-    def add_eef_pose(self, position: Sequence[float], quat_xyzw: Sequence[float], stamp: float) -> None:
+    def add_eef_pose(self, position: Sequence[float], quat_xyzw: Sequence[float], stamp: float,
+                     received: float | None = None) -> None:
         pos = np.asarray(position, dtype=np.float32).reshape(3)
-        self._eef = (pos, quat_to_axis_angle(np.asarray(quat_xyzw).reshape(4)), float(stamp))
+        self._eef = (pos, quat_to_axis_angle(np.asarray(quat_xyzw).reshape(4)), float(stamp),
+                     float(stamp if received is None else received))
+
+    def _timed_inputs(self) -> list[tuple[str, float, float] | tuple[str, None, None]]:
+        """(input name, stamp, received) for every input the observation needs; None when missing."""
+        out: list = [(f"camera {c!r}", *self._frames[c][1:]) if c in self._frames else (f"camera {c!r}", None, None)
+                     for c in self.camera_names]
+        if self.needs_eef:
+            out.append(("eef pose", *self._eef[2:]) if self._eef is not None else ("eef pose", None, None))
+        for name in self.joint_names:
+            out.append((f"joint {name!r}", *self._joints[name][1:]) if name in self._joints
+                       else (f"joint {name!r}", None, None))
+        return out
+
+    def freshness(self, now: float) -> Rejection | None:
+        """The staleness rule over every input: None if all are fresh at `now`, else why not."""
+        for name, stamp, received in self._timed_inputs():
+            if stamp is None:
+                continue  # missing: assemble() says which and why
+            if stamp - now > self.future_tolerance:
+                return Rejection(FUTURE_STAMP, f"{name} is stamped {stamp - now:.3f} s in the future "
+                                               f"(tolerance {self.future_tolerance:.3f} s); check the sender's clock")
+            age = now - min(stamp, received)
+            if age > self.max_observation_age:
+                return Rejection(STALE, f"{name} is {age:.3f} s old by its {'stamp' if stamp <= received else 'arrival'} "
+                                        f"(max_observation_age {self.max_observation_age:.3f} s); check rates and stamps")
+        return None
+
+    def fresh_since(self) -> float | None:
+        """The oldest of all inputs' stamps and receive times (None if one is missing): the
+        observation is fresh until this plus max_observation_age."""
+        times = [min(s, r) for _, s, r in self._timed_inputs() if s is not None]
+        return min(times) if len(times) == len(self._timed_inputs()) else None
+
+    def stale_inputs(self, now: float) -> list[str]:
+        """Names of the inputs that are missing, in the future or too old at `now` (for the log)."""
+        out = []
+        for name, stamp, received in self._timed_inputs():
+            if stamp is None:
+                out.append(f"{name} (never received)")
+            elif stamp - now > self.future_tolerance:
+                out.append(f"{name} (stamped {stamp - now:.3f} s ahead)")
+            elif now - min(stamp, received) > self.max_observation_age:
+                out.append(f"{name} ({now - min(stamp, received):.3f} s old)")
+        return out
 
     # --- output ---
     def newest_stamp(self) -> float | None:
         """Stamp of the newest camera frame, if any."""
-        return max((s for _, s in self._frames.values()), default=None)
+        return max((f[1] for f in self._frames.values()), default=None)
 
     def assemble(self, now: float) -> Observation | Rejection:
         missing = [c for c in self.camera_names if c not in self._frames]
@@ -147,10 +207,9 @@ class ObservationAssembler:
             return Rejection(MISSING_CAMERA, f"no image yet from camera(s) {missing}")
         stamps = [self._frames[c][1] for c in self.camera_names]
         stamp = min(stamps)
-        age = now - stamp
-        if age > self.max_observation_age:
-            return Rejection(STALE, f"observation is {age:.3f} s old (max_observation_age "
-                                    f"{self.max_observation_age:.3f} s); check camera rates and stamps")
+        stale = self.freshness(now)
+        if stale is not None:
+            return stale
         spread = max(stamps) - stamp
         if spread > self.pairing_tolerance:
             return Rejection(UNPAIRED, f"camera stamps {dict(zip(self.camera_names, stamps))} are "
@@ -173,9 +232,7 @@ class ObservationAssembler:
             if kind in PROPRIO_SIZES:
                 if self._eef is None:
                     return Rejection(MISSING_PROPRIO, f"proprio source {kind!r} needs an end-effector pose; none received")
-                pos, aa, st = self._eef
-                if now - st > self.proprio_max_age:
-                    return Rejection(STALE, f"end-effector pose is {now - st:.3f} s old")
+                pos, aa, st, _ = self._eef
                 if st < oldest_ok:
                     return Rejection(PROPRIO_BEHIND, f"end-effector pose (t={st:.3f}) is older than the images "
                                                      f"(t={image_stamp:.3f}); waiting for a newer one")
@@ -186,9 +243,7 @@ class ObservationAssembler:
                         return Rejection(MISSING_PROPRIO, f"proprio source 'joint:{name}' needs joint states; none received")
                     return Rejection(UNKNOWN_JOINT, f"joint {name!r} is not in the joint states received "
                                                     f"(names seen: {sorted(self._joints)[:12]})")
-                val, st = self._joints[name]
-                if now - st > self.proprio_max_age:
-                    return Rejection(STALE, f"joint state {name!r} is {now - st:.3f} s old")
+                val, st, _ = self._joints[name]
                 if st < oldest_ok:
                     return Rejection(PROPRIO_BEHIND, f"joint state {name!r} (t={st:.3f}) is older than the images "
                                                      f"(t={image_stamp:.3f}); waiting for a newer one")

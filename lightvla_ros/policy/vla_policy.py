@@ -60,13 +60,34 @@ class VLAPolicy:
         """New episode. The model itself is stateless (one forward per chunk, no KV cache)."""
         self.num_inferences = 0
 
-    def warmup(self, iterations: int = 1) -> None:
-        """Run dummy inferences so the first real one does not pay allocation / compile costs."""
+    def warmup(self, iterations: int = 1) -> PolicyOutput:
+        """Run dummy inferences so the first real one does not pay allocation / compile costs;
+        returns the last output (the caller may check it: a broken checkpoint shows here)."""
         images = [np.zeros((224, 224, 3), dtype=np.uint8) for _ in range(self.num_images)]
         proprio = np.zeros(self.proprio_dim, dtype=np.float32) if self.uses_proprio else None
-        for _ in range(iterations):
-            self.infer(Observation(images=images, instruction="warm up", proprio=proprio))
+        out = None
+        for _ in range(max(1, iterations)):
+            out = self.infer(Observation(images=images, instruction="warm up", proprio=proprio))
         self.num_inferences = 0
+        return out
+
+    def sequence_length(self, instruction: str) -> int:
+        """LLM positions one inference with this instruction takes: BOS + prompt, visual patches
+        (all, before pruning), proprio, action placeholders and STOP."""
+        m = self.model
+        prompt = len(m.tokenizer.prompt_ids(instruction))  # BOS included
+        return (prompt + m.num_action_tokens + 1 + m.vision_backbone.num_patches * m.num_images
+                + (1 if self.uses_proprio else 0))
+
+    def instruction_problem(self, instruction: str) -> str | None:
+        """Why the model cannot take this instruction (its sequence is longer than the LLM's
+        positions), or None."""
+        limit = int(self.model.text_config.max_position_embeddings)
+        n = self.sequence_length(instruction)
+        if n > limit:
+            return (f"it makes a sequence of {n} positions (prompt, image patches, proprio, actions) but the "
+                    f"model has {limit}")
+        return None
 
     def infer(self, obs: Observation) -> PolicyOutput:
         self.validate(obs)
