@@ -35,6 +35,7 @@ applied atomically (queued actions included) or refused with a reason.
 from __future__ import annotations
 
 import array
+import os
 import signal
 import sys
 import threading
@@ -753,6 +754,7 @@ class PolicyNode(Node):
                 "execution_mode": self._p("execution_mode"),
                 "state": "publishing" if self._publishing else "waiting for observations",
                 "step_rate_hz": f"{rate(self._tick_times):.2f}",
+                "step_gap_max_s": f"{max(np.diff(list(self._tick_times)[-40:]), default=0.0):.4f}",
                 "action_rate_hz": f"{rate(self._action_times):.2f}",
                 "actions_published": str(self.actions_published),
                 "inferences": str(self.inferences),
@@ -832,11 +834,17 @@ def main(args=None) -> int:
     finally:
         try:
             if node is not None:
-                node.close()
+                node.close(timeout=0.5)
                 node.destroy_node()
         except KeyboardInterrupt:  # a second Ctrl-C while stopping: still no traceback
             pass
         rclpy.try_shutdown()
+        if code == 0:
+            log.info("stopped")
+    if args is None:  # the process entry point: skip the interpreter's ~2 s teardown of torch & co.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 

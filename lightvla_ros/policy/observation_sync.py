@@ -8,7 +8,9 @@ share it. Rules:
 - one staleness rule for every input (each camera, each proprio joint, the eef pose): it is fresh
   only if both its header stamp and its receive time are within `max_observation_age` of `now`;
   a stamp more than `future_tolerance` after `now` is rejected (`future_stamp`), so a clock
-  running ahead cannot keep an observation fresh forever;
+  running ahead cannot keep an observation fresh forever. An arrival counts as no earlier than
+  stamp - future_tolerance (under sim time an observation may arrive just before the /clock
+  message of its step, while the node's clock still shows the previous step or zero);
 - proprio follows `proprio_sources`, in order: `eef_pos` (3), `eef_axis_angle` (3), `joint:<name>` (1);
 - anything missing or bad -> a Rejection with a reason code (REASONS) and a readable message.
 """
@@ -153,6 +155,11 @@ class ObservationAssembler:
         self._eef = (pos, quat_to_axis_angle(np.asarray(quat_xyzw).reshape(4)), float(stamp),
                      float(stamp if received is None else received))
 
+    def _since(self, stamp: float, received: float) -> float:
+        """The time an input's age counts from: the older of its stamp and its arrival (an arrival
+        counts as no earlier than stamp - future_tolerance: see the module doc)."""
+        return min(stamp, max(received, stamp - self.future_tolerance))
+
     def _timed_inputs(self) -> list[tuple[str, float, float] | tuple[str, None, None]]:
         """(input name, stamp, received) for every input the observation needs; None when missing."""
         out: list = [(f"camera {c!r}", *self._frames[c][1:]) if c in self._frames else (f"camera {c!r}", None, None)
@@ -172,7 +179,7 @@ class ObservationAssembler:
             if stamp - now > self.future_tolerance:
                 return Rejection(FUTURE_STAMP, f"{name} is stamped {stamp - now:.3f} s in the future "
                                                f"(tolerance {self.future_tolerance:.3f} s); check the sender's clock")
-            age = now - min(stamp, received)
+            age = now - self._since(stamp, received)
             if age > self.max_observation_age:
                 return Rejection(STALE, f"{name} is {age:.3f} s old by its {'stamp' if stamp <= received else 'arrival'} "
                                         f"(max_observation_age {self.max_observation_age:.3f} s); check rates and stamps")
@@ -181,7 +188,7 @@ class ObservationAssembler:
     def fresh_since(self) -> float | None:
         """The oldest of all inputs' stamps and receive times (None if one is missing): the
         observation is fresh until this plus max_observation_age."""
-        times = [min(s, r) for _, s, r in self._timed_inputs() if s is not None]
+        times = [self._since(s, r) for _, s, r in self._timed_inputs() if s is not None]
         return min(times) if len(times) == len(self._timed_inputs()) else None
 
     def stale_inputs(self, now: float) -> list[str]:
@@ -192,8 +199,8 @@ class ObservationAssembler:
                 out.append(f"{name} (never received)")
             elif stamp - now > self.future_tolerance:
                 out.append(f"{name} (stamped {stamp - now:.3f} s ahead)")
-            elif now - min(stamp, received) > self.max_observation_age:
-                out.append(f"{name} ({now - min(stamp, received):.3f} s old)")
+            elif now - self._since(stamp, received) > self.max_observation_age:
+                out.append(f"{name} ({now - self._since(stamp, received):.3f} s old)")
         return out
 
     # --- output ---

@@ -72,14 +72,16 @@ class PolicyDriver:
         m.data = np.ascontiguousarray(arr).tobytes()
         return m
 
-    def publish(self, stamp: float | None = None, kind: str | None = None) -> float:
-        """Publish one full observation; `kind` breaks one part of it (see the branches)."""
+    def publish(self, stamp: float | None = None, kind: str | None = None, camera_offset: float = 0.0,
+                eef_offset: float = 0.0, cameras: bool = True, proprio: bool = True) -> float:
+        """Publish one full observation; `kind` breaks one part of it (see the branches);
+        camera_offset / eef_offset shift those stamps; cameras / proprio=False leave them out."""
         stamp = self.now() if stamp is None else stamp
-        cams = list(CAMERAS)
+        cams = list(CAMERAS) if cameras else []
         for i, cam in enumerate(cams):
             if kind == "missing_camera" and cam == "wrist":
                 continue
-            cam_stamp = stamp - 0.2 if (kind == "unpaired" and cam == "wrist") else stamp
+            cam_stamp = (stamp - 0.2 if (kind == "unpaired" and cam == "wrist") else stamp) + camera_offset
             if kind == "bad_compressed":
                 c = CompressedImage()
                 c.header.stamp = to_time(cam_stamp)
@@ -105,6 +107,9 @@ class PolicyDriver:
             elif kind == "empty_image":
                 m.data = b""
             self.img_pubs[cam].publish(m)
+        if not proprio:
+            self.published.append((stamp, time.time()))
+            return stamp
         js = JointState()
         js.header.stamp = to_time(stamp)
         js.name = ["arm_1", *FINGERS]
@@ -113,9 +118,15 @@ class PolicyDriver:
             js.name = ["arm_1", "left_finger", "right_finger"]
         elif kind == "bad_joint_state":
             js.position = [0.1]
+        elif kind == "joint_names_9_positions_3":
+            js.name = ["arm_1", *FINGERS, "a", "b", "c", "d", "e", "f"]
+        elif kind == "duplicate_joint":
+            js.name, js.position = ["arm_1", *FINGERS, FINGERS[0]], [0.1, 0.04, -0.04, 0.5]
+        elif kind == "huge_gripper":
+            js.position = [0.1, 1e30, -1e30]
         self.js_pub.publish(js)
         eef = PoseStamped()
-        eef.header.stamp = to_time(stamp)
+        eef.header.stamp = to_time(stamp + eef_offset)
         eef.pose.position.x, eef.pose.position.y, eef.pose.position.z = 0.1, 0.0, 0.3
         eef.pose.orientation.w = 1.0
         if kind == "nan_proprio":
@@ -133,14 +144,16 @@ class PolicyDriver:
         while time.monotonic() < end:
             self.probe.executor.spin_once(timeout_sec=min(0.01, max(0.0, end - time.monotonic())))
 
-    def stream(self, seconds: float, rate: float = 20.0, kind: str | None = None, stamp_offset: float = 0.0) -> list[float]:
-        """Publish observations at `rate` for `seconds` (spinning between); return their stamps."""
+    def stream(self, seconds: float, rate: float = 20.0, kind: str | None = None, stamp_offset: float = 0.0,
+               **parts) -> list[float]:
+        """Publish observations at `rate` for `seconds` (spinning between); return their stamps.
+        parts: passed to publish (camera_offset, eef_offset, cameras, proprio)."""
         stamps = []
         period = 1.0 / rate
         next_t = time.monotonic()
         end = next_t + seconds
         while time.monotonic() < end:
-            stamps.append(self.publish(self.now() + stamp_offset, kind))
+            stamps.append(self.publish(self.now() + stamp_offset, kind, **parts))
             next_t += period
             while time.monotonic() < min(next_t, end):
                 self.probe.executor.spin_once(timeout_sec=max(0.0, min(0.005, next_t - time.monotonic())))

@@ -1,7 +1,7 @@
 """The policy node's two per-step paths, driven in-process with a fake sim clock and a fake model.
 
-The step timer's callback and a chunk landing are called in the orders a loaded MultiThreadedExecutor
-may run them (the timer twice at one clock value after a /clock jump, the clock going back, a chunk
+The step timer's callback and a chunk landing (the worker thread) are called in the orders they
+may run in (the timer twice at one clock value after a /clock jump, the clock going back, a chunk
 landing after the next step is due, a hold then a chunk). The rule under test: one action per control
 step at most, stamps strictly increasing, refusals counted in /diagnostics.
 """
@@ -90,8 +90,8 @@ class Harness:
         job = self.node._job
         if job is None:
             return False
-        obs, epoch, t_request = job
-        self.node._on_result(self.policy.infer(obs), obs, epoch, t_request)
+        obs, epoch, t_request, since = job
+        self.node._on_result(self.policy.infer(obs), obs, epoch, t_request, since)
         return True
 
     def stamps(self) -> list[float]:

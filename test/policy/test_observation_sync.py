@@ -137,3 +137,66 @@ def test_proprio_behind_the_images_waits_when_sync_tolerance_is_set():
     b.add_image("agentview", img(3), 10.05)
     b.add_image("wrist", img(4), 10.05)
     assert isinstance(b.assemble(10.05), Observation)
+
+
+# ---- one staleness rule for every input: stamp and arrival, future stamps rejected ----
+@pytest.mark.parametrize("which", ["camera", "eef", "joint"])
+def test_a_stamp_far_in_the_future_is_rejected_not_forever_fresh(which):
+    """Before: a +1 h stamp had a negative age, so it never went stale."""
+    a = ready()
+    if which == "camera":
+        a.add_image("wrist", img(2), 10.0 + 3600, received=10.0)
+    elif which == "eef":
+        a.add_eef_pose([0.1, 0.2, 0.3], [0, 0, 0, 1], 10.0 + 3600, received=10.0)
+    else:
+        a.add_joint_state(["finger_l"], [0.04], 10.0 + 3600, received=10.0)
+    r = a.assemble(10.0)
+    assert isinstance(r, Rejection) and r.reason == osync.FUTURE_STAMP, r
+    assert any("ahead" in s for s in a.stale_inputs(10.0))
+
+
+def test_a_small_lead_is_tolerated_and_ages_by_arrival():
+    a = ready(future_tolerance=0.1)
+    a.add_image("agentview", img(1), 10.05, received=9.99)  # lock-step: arrived before its /clock
+    a.add_image("wrist", img(2), 10.05, received=9.99)
+    a.add_eef_pose([0.1, 0.2, 0.3], [0, 0, 0, 1], 10.05, received=9.99)
+    a.add_joint_state(["finger_l", "finger_r"], [0.04, -0.04], 10.05, received=9.99)
+    assert isinstance(a.assemble(10.05), Observation)
+    # ages from the arrival (9.99) once it is older than the stamp: stale after 9.99 + 0.3
+    assert a.fresh_since() == pytest.approx(9.99)
+    assert isinstance(a.assemble(10.28), Observation)
+    r = a.assemble(10.30)
+    assert isinstance(r, Rejection) and r.reason == osync.STALE and "arrival" in r.message
+
+
+def test_an_arrival_long_before_the_stamp_counts_from_stamp_minus_tolerance():
+    """Sim time: the first observation may arrive while the node's clock still reads 0."""
+    a = ready(now=1000.0, future_tolerance=0.1)
+    for cam in ("agentview", "wrist"):
+        a.add_image(cam, img(1), 1000.0, received=0.0)
+    assert isinstance(a.assemble(1000.0), Observation)
+
+
+def test_fresh_since_is_the_oldest_input_so_silent_proprio_goes_stale():
+    a = ready()
+    assert a.fresh_since() == pytest.approx(9.99)
+    for t in (10.1, 10.2):  # cameras keep coming, proprio does not
+        a.add_image("agentview", img(1), t)
+        a.add_image("wrist", img(2), t)
+    assert a.fresh_since() == pytest.approx(9.99)  # the eef pose and the joints
+    r = a.assemble(10.30)
+    assert isinstance(r, Rejection) and r.reason == osync.STALE
+    assert any("eef pose" in s for s in a.stale_inputs(10.30))
+
+
+@pytest.mark.parametrize("names, positions", [
+    (["j1", "finger_l", "finger_r", "a", "b", "c", "d", "e", "f"], [0.1, 0.2, 0.3]),   # 9 names, 3 positions
+    (["finger_l", "finger_r", "finger_l"], [0.01, 0.02, 0.5]),                        # one name, two values
+])
+def test_a_malformed_joint_state_is_rejected_whole(names, positions):
+    a = ready()
+    before = a.assemble(10.0).proprio.copy()
+    with pytest.raises(ValueError):
+        a.add_joint_state(names, positions, 10.1)
+    np.testing.assert_array_equal(a.assemble(10.1).proprio, before)  # nothing of it was taken
+    assert a.fresh_since() == pytest.approx(9.99)                      # and nothing refreshed
