@@ -1,6 +1,9 @@
 """Load and save LightVLA / OpenVLA-OFT checkpoint directories in the released layout.
 
-    config.json                              Prismatic/OpenVLA config (+ our optional "lightvla" block)
+    config.json                              Prismatic/OpenVLA config (+ our optional "lightvla" block:
+                                             platform, num_images_in_input, unnorm_key, action_rows, ...)
+    preprocessor_config.json                 optional: PrismaticImageProcessor settings (normalisation,
+                                             image_resize_strategy); honoured when present, else timm's
     model-0000k-of-0000n.safetensors         backbone, projector, Llama (bf16 in released ones)
     model.safetensors.index.json             weight_map: key -> shard file
     tokenizer.json, tokenizer_config.json, special_tokens_map.json
@@ -23,10 +26,12 @@ from safetensors.torch import save_file
 
 from .config import PLATFORMS, Platform, get_platform, resolve_device, resolve_dtype
 from .errors import CheckpointError
+from .preprocess import RESIZE_STRATEGIES, ImageTransform
 from .tokenizer import PromptTokenizer
-from .vla import LightVLA
+from .vla import ACTION_ROWS, LightVLA, resolve_action_rows
 
 CONFIG_FILE = "config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
 INDEX_FILE = "model.safetensors.index.json"
 STATS_FILE = "dataset_statistics.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -69,14 +74,29 @@ def _read_json(path: Path) -> dict:
         raise CheckpointError(f"invalid JSON ({e})", file=path) from e
 
 
-def _find_one(ckpt: Path, pattern: str, required: bool) -> Path | None:
-    """The head file for the highest step (several steps may sit side by side)."""
+def _find_one(ckpt: Path, pattern: str, required: bool, step: int | None = None) -> Path | None:
+    """The one head file matching `pattern`, or the one of `step` when given.
+
+    Several steps side by side are refused without a step (the reference requires exactly one):
+    picking one silently could pair heads that were never trained with these weights.
+    """
     files = sorted(ckpt.glob(pattern), key=lambda p: _step_of(p))
+    if step is not None:
+        wanted = ckpt / pattern.replace("*", str(int(step)))
+        if wanted.is_file():
+            return wanted
+        if required or files:
+            raise CheckpointError(f"no head file for step {step}", file=wanted,
+                                  expected=wanted.name, found=[f.name for f in files])
+        return None
     if not files:
         if required:
             raise CheckpointError("missing head file", file=ckpt / pattern)
         return None
-    return files[-1]
+    if len(files) > 1:
+        raise CheckpointError(f"{len(files)} head files for {pattern}: pass step= to choose one",
+                              file=ckpt, expected="exactly one", found=[f.name for f in files])
+    return files[0]
 
 
 def _step_of(path: Path) -> int:
@@ -98,6 +118,73 @@ def infer_platform(config: dict, stats: dict, platform: str | None) -> Platform:
     raise CheckpointError("cannot tell the robot platform (chunk size / action dim): pass platform=",
                           file=CONFIG_FILE, key="lightvla.platform", expected=f"one of {sorted(PLATFORMS)}",
                           found=sorted(stats))
+
+
+def recorded_action_rows(config: dict, file="config.json") -> str | None:
+    """The action-row convention a checkpoint records (config "lightvla.action_rows"), or None."""
+    value = config.get("lightvla", {}).get("action_rows")
+    if value is not None and value not in ACTION_ROWS:
+        raise CheckpointError("unknown action-row convention", file=file, key="lightvla.action_rows",
+                              expected=f"one of {list(ACTION_ROWS)}", found=value)
+    return value
+
+
+def checkpoint_prune(config: dict, prune: bool | None = None) -> bool:
+    """Pruning on or off: the argument, else config "lightvla.prune", else on."""
+    return bool(config.get("lightvla", {}).get("prune", True) if prune is None else prune)
+
+
+def read_action_rows(checkpoint_dir, action_rows: str = "auto", prune: bool | None = None) -> str:
+    """The convention load_vla(checkpoint_dir, action_rows=..., prune=...) will run, from config.json
+    alone (no weights): for reports of processes that do not load the model themselves."""
+    path = Path(checkpoint_dir) / CONFIG_FILE
+    config = _read_json(path)
+    return resolve_action_rows(action_rows, recorded_action_rows(config, path), checkpoint_prune(config, prune))
+
+
+def image_transform_from_config(config: dict, preprocessor: dict | None, norm_stats_timm: list,
+                                file=PREPROCESSOR_FILE) -> ImageTransform:
+    """The image pipeline's settings: preprocessor_config.json when present, else config.json and timm.
+
+    What the released PrismaticImageProcessor applies is its serialised `tvf_normalize_params`
+    (set as attributes after __init__, so they win over `means` / `stds`; in released files the
+    DINOv2 statistics are bf16-rounded ImageNet values), and `image_resize_strategy`.
+    """
+    size = int(config.get("image_sizes", [224])[0])
+    strategy = config.get("image_resize_strategy", "resize-naive")
+    if preprocessor is None:
+        return ImageTransform(size=size, norm_stats=tuple(norm_stats_timm), resize_strategy=strategy, source="timm")
+    n = len(norm_stats_timm)
+    if preprocessor.get("tvf_normalize_params"):
+        stats = [(p.get("mean"), p.get("std")) for p in preprocessor["tvf_normalize_params"]]
+        key = "tvf_normalize_params"
+    elif preprocessor.get("means") and preprocessor.get("stds"):
+        stats, key = list(zip(preprocessor["means"], preprocessor["stds"])), "means"
+    else:
+        raise CheckpointError("no normalisation statistics", file=file, key="tvf_normalize_params")
+    if len(stats) != n:
+        raise CheckpointError("normalisation entries do not match the vision backbones", file=file, key=key,
+                              expected=n, found=len(stats))
+    for mean, std in stats:
+        ok = all(isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+                 for v in (mean, std))
+        if not ok or any(x <= 0 for x in std):
+            raise CheckpointError("bad mean/std (3 numbers each, std > 0)", file=file, key=key,
+                                  found=[mean, std])
+    for entry in preprocessor.get("input_sizes") or []:
+        if list(entry)[-2:] != [size, size]:
+            raise CheckpointError("input size differs from config.json image_sizes", file=file,
+                                  key="input_sizes", expected=[3, size, size], found=entry)
+    strategy = preprocessor.get("image_resize_strategy", strategy)
+    if strategy not in RESIZE_STRATEGIES:
+        raise CheckpointError("unknown image_resize_strategy", file=file, key="image_resize_strategy",
+                              expected=f"one of {list(RESIZE_STRATEGIES)}", found=strategy)
+    fill = preprocessor.get("tvf_letterbox_fill")
+    if not (isinstance(fill, (list, tuple)) and len(fill) == 3):
+        means = preprocessor.get("means") or [m for m, _ in stats]
+        fill = [int(x * 255) for x in means[-1]]  # Prismatic: the last backbone's mean
+    return ImageTransform(size=size, norm_stats=tuple(stats), resize_strategy=strategy,
+                          letterbox_fill=tuple(int(v) for v in fill), source=PREPROCESSOR_FILE)
 
 
 def build_vla(config: dict, platform: Platform, num_images: int, use_proprio: bool = True,
@@ -165,13 +252,17 @@ def _load_head(path: Path, prefix: str, expected: dict[str, torch.Tensor], devic
 
 def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile: bool = False,
              platform: str | None = None, num_images: int | None = None,
-             unnorm_key: str | None = None, prune: bool | None = None) -> LightVLA:
+             unnorm_key: str | None = None, prune: bool | None = None, action_rows: str = "auto",
+             step: int | None = None) -> LightVLA:
     """Load a local checkpoint directory (released LightVLA / OpenVLA-OFT layout) for inference.
 
     platform / num_images / unnorm_key default to the config's "lightvla" block, then to what the
     statistics and the platform imply. prune=False runs without the TokenPruner (plain
-    OpenVLA-OFT; default: the config's "lightvla.prune", else True). The model comes back in
-    eval mode on `device`.
+    OpenVLA-OFT; default: the config's "lightvla.prune", else True). action_rows: which hidden
+    states feed the action head, "oft" | "lightvla" | "auto" (the config's "lightvla.action_rows",
+    else "lightvla" with pruning and "oft" without; vla.resolve_action_rows). step picks the head
+    files when several steps sit side by side (otherwise an error). The model comes back in eval
+    mode on `device`.
     """
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
@@ -193,8 +284,10 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
     plat = infer_platform(config, stats, platform)
     n_images = int(num_images or block.get("num_images_in_input") or config.get("num_images_in_input")
                    or plat.num_images)
-    head_file = _find_one(ckpt, ACTION_HEAD_GLOB, required=True)
-    proprio_file = _find_one(ckpt, PROPRIO_GLOB, required=bool(block.get("use_proprio", False)))
+    head_file = _find_one(ckpt, ACTION_HEAD_GLOB, required=True, step=step)
+    proprio_file = _find_one(ckpt, PROPRIO_GLOB, required=bool(block.get("use_proprio", False)), step=step)
+    preprocessor = _read_json(ckpt / PREPROCESSOR_FILE) if (ckpt / PREPROCESSOR_FILE).is_file() else None
+    recorded_rows = recorded_action_rows(config, ckpt / CONFIG_FILE)
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
@@ -215,7 +308,11 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
     vla.default_unnorm_key = unnorm_key or block.get("unnorm_key")
     vla.resolve_unnorm_key()  # fail now, not at the first inference
     vla.checkpoint_step = _step_of(head_file)
-    vla.prune = bool(block.get("prune", True) if prune is None else prune)
+    vla.prune = checkpoint_prune(config, prune)
+    vla.action_rows = resolve_action_rows(action_rows, recorded_rows, vla.prune)
+    vla.preprocessor_config = preprocessor
+    vla.image_transform = image_transform_from_config(config, preprocessor, vla.vision_backbone.norm_stats(),
+                                                      ckpt / PREPROCESSOR_FILE)
     vla.eval()
     if compile:
         vla.enable_compile()
@@ -243,6 +340,7 @@ def _config_for_save(vla: LightVLA) -> dict:
                  use_proprio=vla.proprio_projector is not None, action_space=vla.platform.action_space)
     if vla.default_unnorm_key is not None:
         block["unnorm_key"] = vla.default_unnorm_key
+    block["action_rows"] = vla.action_rows  # the rows its action head was trained on / runs with
     config["lightvla"] = block
     config["torch_dtype"] = str(next(vla.parameters()).dtype).replace("torch.", "")
     return config
@@ -278,6 +376,8 @@ def save_checkpoint(vla: LightVLA, out_dir, step: int = 0, max_shard_bytes: int 
     (out / STATS_FILE).write_text(json.dumps(vla.norm_stats, indent=2))
     for name, data in getattr(vla, "tokenizer_files", {}).items():
         (out / name).write_bytes(data)
+    if getattr(vla, "preprocessor_config", None) is not None:
+        (out / PREPROCESSOR_FILE).write_text(json.dumps(vla.preprocessor_config, indent=2))
     for old in list(out.glob(ACTION_HEAD_GLOB)) + list(out.glob(PROPRIO_GLOB)):
         old.unlink()  # one step per directory: no stale heads beside the new ones
     for prefix, pattern in HEAD_MODULES.items():

@@ -59,11 +59,12 @@ VISION_SHORT_NAMES = {
     "siglip": "siglip-vit-so400m-224px",
 }
 
-# Llama-2-7B as OpenVLA uses it (vocab padded 32001 -> 32064, a multiple of 64).
+# Llama-2-7B as OpenVLA uses it (vocab padded 32001 -> 32064, a multiple of 64). rms_norm_eps:
+# released configs leave it out, so they run with LlamaConfig's default 1e-6.
 LLAMA2_7B = dict(
     vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
     num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
-    rms_norm_eps=1e-5, rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False,
+    rms_norm_eps=1e-6, rope_theta=10000.0, hidden_act="silu", tie_word_embeddings=False,
     bos_token_id=1, eos_token_id=2, pad_token_id=PAD_TOKEN_ID,
 )
 

@@ -2,6 +2,7 @@
 
     lightvla-make-checkpoint OUT_DIR [--size tiny|small|7b] [--platform libero|aloha|bridge]
                              [--num-images N] [--seed S] [--vision dinosiglip|dinov2|siglip]
+                             [--action-rows oft|lightvla]
 
 No download: the ViTs come from timm with pretrained=False (shrunk by recorded overrides),
 the Llama from a LlamaConfig, the tokenizer is built locally. Weights are random, so actions
@@ -19,6 +20,7 @@ import transformers
 from .checkpoint import TOKENIZER_FILES, build_vla, save_checkpoint
 from .config import PAD_TOKEN_ID, SIZES, VISION_BACKBONES, VISION_SHORT_NAMES, get_platform
 from .tokenizer import PromptTokenizer, build_llama_like_tokenizer, save_tokenizer_files
+from .vla import ACTION_ROWS, TRAIN_ACTION_ROWS
 
 
 def _family(timm_id: str) -> str:
@@ -61,6 +63,31 @@ def make_config(size: str = "tiny", platform: str = "libero", num_images: int = 
     }
 
 
+def make_preprocessor_config(config: dict, norm_stats: list) -> dict:
+    """preprocessor_config.json in the released PrismaticImageProcessor format (timm statistics)."""
+    size = int(config["image_sizes"][0])
+    n = len(config["timm_model_ids"])
+    means = [list(m) for m, _ in norm_stats]
+    stds = [list(s) for _, s in norm_stats]
+    return {
+        "auto_map": {"AutoImageProcessor": "processing_prismatic.PrismaticImageProcessor",
+                     "AutoProcessor": "processing_prismatic.PrismaticProcessor"},
+        "image_processor_type": "PrismaticImageProcessor",
+        "processor_class": "PrismaticProcessor",
+        "image_resize_strategy": config["image_resize_strategy"],
+        "input_sizes": [[3, size, size]] * n,
+        "interpolations": ["bicubic"] * n,
+        "means": means,
+        "stds": stds,
+        "tvf_crop_params": [{"output_size": [size, size]}] * n,
+        "tvf_do_letterbox": False,
+        "tvf_letterbox_fill": None,
+        "tvf_normalize_params": [{"inplace": False, "mean": m, "std": s} for m, s in zip(means, stds)],
+        "tvf_resize_params": [{"antialias": True, "interpolation": 3, "max_size": None, "size": [size, size]}] * n,
+        "use_fused_vision_backbone": n == 2,
+    }
+
+
 def make_statistics(platform: str = "libero") -> tuple[str, dict]:
     """Realistic dataset_statistics.json content (LIBERO-like bounds; gripper unmasked)."""
     plat = get_platform(platform)
@@ -99,8 +126,11 @@ def make_statistics(platform: str = "libero") -> tuple[str, dict]:
 
 def make_checkpoint(out_dir, size: str = "tiny", seed: int = 0, platform: str = "libero",
                     num_images: int = 2, vision: str = "dinosiglip", step: int = 0,
-                    dtype: torch.dtype | None = None) -> Path:
-    """Write a random checkpoint to `out_dir` and return its path (reloads with load_vla)."""
+                    dtype: torch.dtype | None = None, action_rows: str = TRAIN_ACTION_ROWS) -> Path:
+    """Write a random checkpoint to `out_dir` and return its path (reloads with load_vla).
+
+    action_rows is recorded in config.json (default "oft": what fine-tuning here trains on).
+    """
     config = make_config(size, platform, num_images, vision)
     key, stats = make_statistics(platform)
     config["norm_stats"] = stats
@@ -116,6 +146,8 @@ def make_checkpoint(out_dir, size: str = "tiny", seed: int = 0, platform: str = 
     vla.to(dtype)
     vla.norm_stats = stats
     vla.default_unnorm_key = key
+    vla.action_rows = action_rows
+    vla.preprocessor_config = make_preprocessor_config(config, vla.vision_backbone.norm_stats())
     tok = build_llama_like_tokenizer()
     vla.tokenizer = PromptTokenizer(tok)
     out = Path(out_dir)
@@ -133,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-images", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vision", default="dinosiglip", choices=sorted(VISION_SHORT_NAMES))
+    parser.add_argument("--action-rows", default=TRAIN_ACTION_ROWS, choices=list(ACTION_ROWS),
+                        help="action-row convention recorded in config.json (docs/model.md)")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
     out = make_checkpoint(args.out_dir, size=args.size, seed=args.seed, platform=args.platform,
-                          num_images=args.num_images, vision=args.vision)
+                          num_images=args.num_images, vision=args.vision, action_rows=args.action_rows)
     print(f"wrote {args.size} {args.platform} checkpoint ({args.num_images} image(s)) to {out}")
     return 0
 

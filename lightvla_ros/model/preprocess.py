@@ -1,19 +1,118 @@
 """Pre- and post-processing around the network: images in, proprio in, actions out.
 
-Images follow OFT's LIBERO path (REFERENCE.md "LIBERO images"): resize to 224, optionally a
-center crop of 90% of the area resized back to 224, then each backbone's own normalisation;
-the fused backbone stacks [DINOv2-normalised RGB, SigLIP-normalised RGB] as 6 channels.
-Deviation: OFT round-trips the resize through TF JPEG + lanczos3; here PIL lanczos, no JPEG.
+Images follow OFT's LIBERO eval path (REFERENCE.md "LIBERO image resize"; openvla-oft
+experiments/robot/openvla_utils.py `prepare_images_for_vla`): an image not already at the model's
+size goes through a JPEG encode/decode round trip at TF's default quality (95) and a lanczos3
+resize with antialiasing (TF's kernel, in float, here in numpy), then optionally the 90%-area
+center crop; then each backbone's normalisation, from the checkpoint's preprocessor_config.json
+when it has one. The fused backbone stacks [DINOv2-normalised RGB, SigLIP-normalised RGB] as 6
+channels. What is left of the difference to TF is its JPEG decoder (docs/model.md "Images").
 """
 from __future__ import annotations
 
+import io
 import math
+from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
 from PIL import Image
 
 CROP_AREA = 0.9  # OFT crop_scale: fraction of the image AREA kept by the center crop
+JPEG_QUALITY = 95  # tf.image.encode_jpeg's default, used by OFT's resize_image_for_policy
+LANCZOS_RADIUS = 3.0
+RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")  # Prismatic's image_resize_strategy
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """How a camera image becomes pixel values for one checkpoint.
+
+    From the checkpoint's preprocessor_config.json when present (checkpoint.load_image_transform),
+    else from the timm backbones' data config.
+    """
+
+    size: int = 224  # square input side of the backbones
+    norm_stats: tuple = (((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),)  # per backbone: (mean, std)
+    resize_strategy: str = "resize-naive"  # how a non-square image becomes square (RESIZE_STRATEGIES)
+    letterbox_fill: tuple = (127, 127, 127)  # RGB padding for "letterbox"
+    source: str = "timm"  # where norm_stats / resize_strategy came from
+
+    def __post_init__(self):
+        if self.resize_strategy not in RESIZE_STRATEGIES:
+            raise ValueError(f"unknown resize strategy {self.resize_strategy!r}; known: {list(RESIZE_STRATEGIES)}")
+        object.__setattr__(self, "norm_stats", tuple((tuple(map(float, m)), tuple(map(float, s)))
+                                                     for m, s in self.norm_stats))
+
+
+def jpeg_round_trip(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
+    """Encode and decode as JPEG (4:2:0 chroma, as tf.image.encode_jpeg's defaults): (H, W, 3) uint8.
+
+    PIL writes the same coefficients as TF at quality 95; its decoder (libjpeg ISLOW) differs from
+    TF's (INTEGER_FAST) by about one level on average (docs/model.md "Images").
+    """
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality), subsampling=2)
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+@lru_cache(maxsize=16)
+def _lanczos3_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) resampling matrix of tf.image.resize(method="lanczos3", antialias=True).
+
+    TF's scale_and_translate: pixel centres at +0.5, kernel widened by the downscale factor,
+    taps clamped to the image, weights normalised per output pixel.
+    """
+    inv_scale = n_in / n_out
+    kernel_scale = max(inv_scale, 1.0)
+    sample = (np.arange(n_out) + 0.5) * inv_scale  # (n_out,) source coordinate of each output centre
+    src = np.arange(n_in)
+    start = np.clip(np.ceil(sample - LANCZOS_RADIUS * kernel_scale - 0.5), 0, n_in - 1)
+    end = np.clip(np.floor(sample + LANCZOS_RADIUS * kernel_scale - 0.5), 0, n_in - 1) + 1
+    x = np.abs((src[None] + 0.5 - sample[:, None]) / kernel_scale)  # (n_out, n_in)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        k = LANCZOS_RADIUS * np.sin(np.pi * x) * np.sin(np.pi * x / LANCZOS_RADIUS) / (np.pi ** 2 * x ** 2)
+    k = np.where(x <= 1e-3, 1.0, np.where(x > LANCZOS_RADIUS, 0.0, k))
+    k = k * ((src[None] >= start[:, None]) & (src[None] < end[:, None]))
+    return k / k.sum(axis=1, keepdims=True)
+
+
+def lanczos3_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (height, width, 3) uint8; lanczos3 with antialiasing, rounded and clipped."""
+    wy, wx = _lanczos3_weights(image.shape[0], height), _lanczos3_weights(image.shape[1], width)
+    out = np.einsum("oh,hwc->owc", wy, image.astype(np.float64))
+    out = np.einsum("pw,owc->opc", wx, out)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def make_square(image: np.ndarray, strategy: str, fill=(127, 127, 127)) -> np.ndarray:
+    """Prismatic's resize strategies, geometry only: naive keeps the image (the resize stretches it),
+    letterbox pads it symmetrically with `fill`, resize-crop keeps the central square."""
+    h, w = image.shape[:2]
+    if strategy == "resize-naive" or h == w:
+        return image
+    if strategy == "letterbox":
+        side = max(h, w)
+        top, left = int((side - h) / 2), int((side - w) / 2)  # as Prismatic's letterbox_pad_transform
+        out = np.empty((h + 2 * top, w + 2 * left, 3), dtype=np.uint8)
+        out[...] = np.asarray(fill, dtype=np.uint8)
+        out[top:top + h, left:left + w] = image
+        return out
+    if strategy == "resize-crop":
+        side = min(h, w)
+        top, left = int(round((h - side) / 2)), int(round((w - side) / 2))
+        return image[top:top + side, left:left + side]
+    raise ValueError(f"unknown resize strategy {strategy!r}; known: {list(RESIZE_STRATEGIES)}")
+
+
+def resize_for_policy(image: np.ndarray, transform: ImageTransform) -> np.ndarray:
+    """(H, W, 3) uint8 -> (size, size, 3) uint8. An image already at the size passes unchanged (OFT)."""
+    size = transform.size
+    if image.shape[:2] == (size, size):
+        return image
+    image = make_square(image, transform.resize_strategy, transform.letterbox_fill)
+    return lanczos3_resize(jpeg_round_trip(image), size, size)
 
 
 def center_crop_resize(image: Image.Image, area: float = CROP_AREA) -> Image.Image:
@@ -25,26 +124,23 @@ def center_crop_resize(image: Image.Image, area: float = CROP_AREA) -> Image.Ima
     return image.resize((w, h), Image.BILINEAR, box=(left, top, left + cw, top + ch))
 
 
-def image_to_pixels(image: np.ndarray, size: int, norm_stats: list, center_crop: bool) -> torch.Tensor:
-    """(H, W, 3) uint8 RGB -> (3 * len(norm_stats), size, size) float32."""
-    pil = Image.fromarray(image)
-    if pil.size != (size, size):
-        pil = pil.resize((size, size), Image.LANCZOS)
+def image_to_pixels(image: np.ndarray, transform: ImageTransform, center_crop: bool) -> torch.Tensor:
+    """(H, W, 3) uint8 RGB -> (3 * len(transform.norm_stats), size, size) float32."""
+    pil = Image.fromarray(resize_for_policy(np.ascontiguousarray(image), transform))
     if center_crop:
         pil = center_crop_resize(pil)
     x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
     parts = []
-    for mean, std in norm_stats:
+    for mean, std in transform.norm_stats:
         mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         std_t = torch.tensor(std, dtype=torch.float32)[:, None, None]
         parts.append((x - mean_t) / std_t)
     return torch.cat(parts, dim=0)
 
 
-def images_to_pixel_values(images: list[np.ndarray], size: int, norm_stats: list,
-                           center_crop: bool) -> torch.Tensor:
+def images_to_pixel_values(images: list[np.ndarray], transform: ImageTransform, center_crop: bool) -> torch.Tensor:
     """Per-camera images -> pixel_values (1, C_img * num_images, size, size)."""
-    return torch.cat([image_to_pixels(im, size, norm_stats, center_crop) for im in images], dim=0)[None]
+    return torch.cat([image_to_pixels(im, transform, center_crop) for im in images], dim=0)[None]
 
 
 def norm_bounds(stats: dict, normalization: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

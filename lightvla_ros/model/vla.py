@@ -18,11 +18,39 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from .config import ACTION_TOKEN_BEGIN_IDX, STOP_TOKEN_ID, Platform
 from .errors import CheckpointError
 from .heads import L1RegressionActionHead, ProprioProjector, Projector
-from .preprocess import images_to_pixel_values, normalize_proprio, unnormalize_actions
+from .preprocess import ImageTransform, images_to_pixel_values, normalize_proprio, unnormalize_actions
 from .pruner import TokenPruner
 from .vision import VisionBackbone
 
 PLACEHOLDER_TOKEN_ID = ACTION_TOKEN_BEGIN_IDX + 1  # any id works: placeholder embeddings are zeroed
+
+# Which chunk*dim rows of the LLM output feed the action head, as an offset from the placeholder
+# rows (docs/model.md "Action rows"; REFERENCE.md). Sequence: [BOS] [patches] [proprio] [prompt]
+# [placeholders] [STOP].
+#   oft:      one row BEFORE the placeholders (last prompt token + all placeholders but the last):
+#             OpenVLA-OFT inference, and the training rows of both OFT and LightVLA.
+#   lightvla: one row AFTER them (ending at STOP): LightVLA inference, `last_hidden_states[:, -n:]`.
+ACTION_ROW_SHIFT = {"oft": -1, "lightvla": 1}
+ACTION_ROWS = tuple(ACTION_ROW_SHIFT)
+TRAIN_ACTION_ROWS = "oft"  # what both references train on
+
+
+def resolve_action_rows(requested: str | None, recorded: str | None, prune: bool) -> str:
+    """The convention to run: explicit request > the checkpoint's recorded one > by pruning.
+
+    "auto" without a recorded value follows what each reference does with its own released
+    checkpoints: LightVLA (pruning on) reads the rows ending at STOP, OpenVLA-OFT the ones before.
+    """
+    requested = "auto" if requested is None else str(requested).lower()
+    if requested in ACTION_ROWS:
+        return requested
+    if requested != "auto":
+        raise ValueError(f"action_rows must be auto or one of {list(ACTION_ROWS)}, got {requested!r}")
+    if recorded is not None:
+        if recorded not in ACTION_ROWS:
+            raise ValueError(f"recorded action_rows must be one of {list(ACTION_ROWS)}, got {recorded!r}")
+        return recorded
+    return "lightvla" if prune else "oft"
 
 
 @dataclass
@@ -79,6 +107,10 @@ class LightVLA(nn.Module):
         self._compiled: dict[str, nn.Module] = {}  # a plain dict: not registered as submodules
         # False runs plain OpenVLA-OFT (all patches), e.g. for an OFT checkpoint or a baseline
         self.prune = True
+        self.action_rows = TRAIN_ACTION_ROWS  # the loader resolves it per checkpoint (resolve_action_rows)
+        self.image_transform = ImageTransform(
+            size=int(config.get("image_sizes", [224])[0]), norm_stats=self.vision_backbone.norm_stats())
+        self.preprocessor_config: dict | None = None  # the checkpoint's preprocessor_config.json, kept for saving
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -105,12 +137,39 @@ class LightVLA(nn.Module):
             torch.cuda.synchronize(device)
         return time.perf_counter()
 
-    def _action_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Default action positions: the chunk*dim tokens right before each sample's last (STOP) token."""
+    @property
+    def action_rows(self) -> str:
+        return self._action_rows
+
+    @action_rows.setter
+    def action_rows(self, value: str) -> None:
+        if value not in ACTION_ROWS:
+            raise ValueError(f"action_rows must be one of {list(ACTION_ROWS)}, got {value!r}")
+        self._action_rows = value
+
+    def _placeholder_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Default placeholders: the chunk*dim tokens right before each sample's last (STOP) token."""
         bsz, seq_len = input_ids.shape
         last = attention_mask.long().sum(dim=1) - 1  # (B,) index of STOP with right padding
         idx = torch.arange(seq_len, device=input_ids.device)[None, :]
         return (idx >= (last - self.num_action_tokens)[:, None]) & (idx < last[:, None])
+
+    def action_row_index(self, placeholder_mask: torch.Tensor, attention_mask: torch.Tensor,
+                         out_len: int) -> torch.Tensor:
+        """The ONE place that picks the head's rows: (B, chunk*dim) indices into the LLM output.
+
+        placeholder_mask / attention_mask (B, T) over the text ids; out_len: the LLM output length.
+        Per sample (right padding, pruned patch counts): the pruner only shortens the patch block
+        and pads it inside, so the text block is always the last T-1 output rows.
+        """
+        bsz, text_len = placeholder_mask.shape
+        text_idx = placeholder_mask.nonzero()[:, 1].view(bsz, self.num_action_tokens)  # (B, n_act) in [0, T)
+        text_idx = text_idx + ACTION_ROW_SHIFT[self.action_rows]
+        if bool((text_idx < 1).any()) or bool((text_idx >= text_len).any()):
+            raise ValueError(f"action rows ({self.action_rows}) fall outside the prompt + placeholders + STOP")
+        if not bool(attention_mask.gather(1, text_idx).bool().all()):
+            raise ValueError(f"action rows ({self.action_rows}) include padding: STOP must follow the placeholders")
+        return out_len - (text_len - 1) + (text_idx - 1)  # text id j sits at out_len - T + j
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 proprio: torch.Tensor | None = None, action_mask: torch.Tensor | None = None,
@@ -120,18 +179,19 @@ class LightVLA(nn.Module):
         pixel_values (B, C_img * num_images, H, W); input_ids / attention_mask (B, T) as
         [BOS, prompt..., chunk*dim placeholders, STOP] (right padding allowed); proprio
         (B, proprio_dim) already normalised; action_mask (B, T) bool marks the placeholders
-        (default: the chunk*dim tokens before the last valid token). In train mode the pruner
-        keeps the length (straight-through votes), so an L1 loss on the output trains it.
+        (default: the chunk*dim tokens before the last valid token). The head reads the rows of
+        `self.action_rows` (action_row_index). In train mode the pruner keeps the length
+        (straight-through votes), so an L1 loss on the output trains it.
         """
         device = input_ids.device
         t0 = self._sync(device)
         if action_mask is None:
-            action_mask = self._action_mask(input_ids, attention_mask)
+            action_mask = self._placeholder_mask(input_ids, attention_mask)
         counts = action_mask.sum(dim=1)
         if bool((counts != self.num_action_tokens).any()):
             raise ValueError(f"each sample needs {self.num_action_tokens} action positions "
                              f"({self.platform.chunk_size} x {self.platform.action_dim}), got {counts.tolist()}")
-        bsz, text_len = input_ids.shape
+        bsz = input_ids.shape[0]
 
         embeds = self.language_model.model.embed_tokens(input_ids)  # (B, T, H)
         embeds = embeds * ~action_mask[..., None]  # placeholders carry no content (OFT)
@@ -164,11 +224,9 @@ class LightVLA(nn.Module):
                      use_cache=False).last_hidden_state  # (B, L', H), final norm applied
         t3 = self._sync(device)
 
-        # the text block is the last T-1 tokens, unchanged by the pruner: index from the end
-        text_idx = action_mask[:, 1:].nonzero()[:, 1].view(bsz, self.num_action_tokens)  # (B, n_act)
-        out_idx = hidden.shape[1] - (text_len - 1) + text_idx
-        action_hidden = hidden.gather(1, out_idx[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n_act, H)
-        actions = self.action_head.predict_action(action_hidden)  # (B, chunk, dim)
+        rows = self.action_row_index(action_mask, attention_mask, hidden.shape[1])  # (B, n_act)
+        action_hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n_act, H)
+        actions = self.action_head(action_hidden)  # (B, chunk, dim)
         t4 = self._sync(device)
         if timings is not None:
             timings.update(vision=t1 - t0, pruner=t2 - t1, llm=t3 - t2, head=t4 - t3, total=t4 - t0)
@@ -194,9 +252,8 @@ class LightVLA(nn.Module):
             raise RuntimeError("model has no tokenizer; load it with load_vla()")
         if len(images) != self.num_images:
             raise ValueError(f"expected {self.num_images} image(s), got {len(images)}")
-        size = int(self.config.get("image_sizes", [224])[0])
         param = next(self.parameters())
-        pixel_values = images_to_pixel_values(images, size, self.vision_backbone.norm_stats(), center_crop)
+        pixel_values = images_to_pixel_values(images, self.image_transform, center_crop)
         ids = self.tokenizer.prompt_ids(instruction) + [PLACEHOLDER_TOKEN_ID] * self.num_action_tokens
         ids.append(STOP_TOKEN_ID)
         input_ids = torch.tensor([ids], dtype=torch.long, device=param.device)

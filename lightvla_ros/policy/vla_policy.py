@@ -18,9 +18,12 @@ class VLAPolicy:
 
     def __init__(self, checkpoint, device: str = "auto", dtype: str = "auto", compile: bool = False,
                  center_crop: bool = True, unnorm_key: str | None = None, num_images: int | None = None,
-                 platform: str | None = None, prune: bool | None = None):
+                 platform: str | None = None, prune: bool | None = None, action_rows: str = "auto",
+                 step: int | None = None):
+        # action_rows: "auto" | "oft" | "lightvla", which hidden states feed the action head (docs/model.md)
         self.model = load_vla(checkpoint, device=device, dtype=dtype, compile=compile, platform=platform,
-                              num_images=num_images, unnorm_key=unnorm_key, prune=prune)
+                              num_images=num_images, unnorm_key=unnorm_key, prune=prune,
+                              action_rows=action_rows, step=step)
         self.unnorm_key = self.model.resolve_unnorm_key(unnorm_key)
         self.center_crop = bool(center_crop)
         self.num_inferences = 0
@@ -50,6 +53,11 @@ class VLAPolicy:
     @property
     def action_space(self) -> str:
         return self.model.config.get("lightvla", {}).get("action_space") or self.model.platform.action_space
+
+    @property
+    def action_rows(self) -> str:
+        """The resolved action-row convention: "oft" or "lightvla"."""
+        return self.model.action_rows
 
     @property
     def device(self):

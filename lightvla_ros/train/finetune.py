@@ -8,8 +8,10 @@ What one step does (guide sections 2.4, 5.4, 6.1, 8.6; REFERENCE.md "TokenPruner
   - forward in train mode: the pruner replaces each patch by the one it voted for with a
     straight-through estimator, so the sequence length is unchanged (training is not faster,
     guide 8.3; the speed-up comes at inference, where the voted-for patches alone are kept);
-  - L1 loss between the action head's chunk (from the hidden states of the chunk*dim
-    placeholder positions) and the normalised ground-truth chunk; AdamW; grad-norm clipping.
+  - L1 loss between the action head's chunk and the normalised ground-truth chunk; AdamW;
+    grad-norm clipping. The head reads the "oft" rows (one row before the chunk*dim placeholders:
+    the label-shifted action mask of both references' vla-scripts/finetune.py), per sample with
+    right padding, and every saved checkpoint records that convention (docs/model.md).
 The pruner has no parameters: nothing to unfreeze for it (the reference's LoRA "unfreeze the
 pruner" step is a no-op). With LoRA the LLM's linear layers get adapters, and the action head
 and proprio projector are trained in full; the saved checkpoint has the adapters merged in.
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from ..model import LightVLA, load_vla, save_checkpoint
 from ..model.config import PAD_TOKEN_ID, STOP_TOKEN_ID, resolve_device, resolve_dtype
 from ..model.preprocess import images_to_pixel_values
-from ..model.vla import PLACEHOLDER_TOKEN_ID
+from ..model.vla import PLACEHOLDER_TOKEN_ID, TRAIN_ACTION_ROWS
 from .dataset import ChunkDataset, Episode, Sample, compute_statistics, load_episodes, make_synthetic_episodes
 
 # The LLM's linear layers (Llama attention + MLP); lm_head is unused by the L1 head.
@@ -96,9 +98,7 @@ def collate(vla: LightVLA, samples: list[Sample], center_crop: bool = True):
     actions (B, chunk, dim) normalised targets.
     """
     param = next(vla.parameters())
-    size = int(vla.config.get("image_sizes", [224])[0])
-    norm = vla.vision_backbone.norm_stats()
-    pixel_values = torch.cat([images_to_pixel_values(s.images, size, norm, center_crop) for s in samples])
+    pixel_values = torch.cat([images_to_pixel_values(s.images, vla.image_transform, center_crop) for s in samples])
     rows = [vla.tokenizer.prompt_ids(s.instruction) + [PLACEHOLDER_TOKEN_ID] * vla.num_action_tokens
             + [STOP_TOKEN_ID] for s in samples]
     length = max(len(r) for r in rows)
@@ -163,6 +163,10 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print) 
         seen.update(seq_in=args[0].shape[1], seq_out=output[0].shape[1], training=module.training)
 
     hook = vla.pruner.register_forward_hook(record_lengths)
+    if vla.action_rows != TRAIN_ACTION_ROWS and log:
+        log(f"action rows: training on {TRAIN_ACTION_ROWS!r} (the checkpoint ran {vla.action_rows!r}); "
+            "the saved checkpoint records it")
+    vla.action_rows = TRAIN_ACTION_ROWS  # the references' training rows; saved with the checkpoint
     history: list[StepRecord] = []
     order: list[int] = []
     vla.train()

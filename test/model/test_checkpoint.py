@@ -138,6 +138,35 @@ def test_missing_action_head(ckpt_copy):
     assert "action_head--" in str(err.file)
 
 
+def test_several_head_steps_are_refused_unless_a_step_is_given(ckpt_copy, tmp_path):
+    """The reference requires exactly one head file: a silent pick could pair the wrong heads."""
+    for name in ("action_head", "proprio_projector"):
+        shutil.copy(ckpt_copy / f"{name}--0_checkpoint.pt", ckpt_copy / f"{name}--500_checkpoint.pt")
+    err = _expect("2 head files", ckpt_copy)
+    assert "action_head--0_checkpoint.pt" in str(err) and "action_head--500_checkpoint.pt" in str(err)
+    assert "step=" in str(err)
+    assert load_vla(ckpt_copy, device="cpu", step=500).checkpoint_step == 500
+    assert load_vla(ckpt_copy, device="cpu", step=0).checkpoint_step == 0
+    err = _expect("no head file for step 7", ckpt_copy, step=7)
+    assert err.file.name == "action_head--7_checkpoint.pt"
+    # only the action head doubled: the proprio projector's single file is still refused for another step
+    (ckpt_copy / "proprio_projector--500_checkpoint.pt").unlink()
+    _expect("no head file for step 500", ckpt_copy, step=500)
+
+
+def test_generated_configs_use_llama_rms_norm_eps():
+    """Released configs leave rms_norm_eps out, so LlamaConfig's default 1e-6 applies."""
+    from transformers import LlamaConfig
+
+    from lightvla_ros.model.make_checkpoint import make_config
+    from lightvla_ros.model.vla import make_text_config
+    assert LlamaConfig().rms_norm_eps == 1e-6
+    for size in ("7b", "small", "tiny"):
+        text = make_config(size)["text_config"]
+        assert text["rms_norm_eps"] == 1e-6
+        assert make_text_config(text).rms_norm_eps == 1e-6
+
+
 def test_missing_proprio_projector_when_config_needs_it(ckpt_copy):
     (ckpt_copy / "proprio_projector--0_checkpoint.pt").unlink()
     _expect("missing head file", ckpt_copy)

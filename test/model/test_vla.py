@@ -6,8 +6,8 @@ import torch
 from lightvla_ros.model import build_vla, load_vla, make_checkpoint
 from lightvla_ros.model.config import EMPTY_TOKEN_ID, STOP_TOKEN_ID, get_platform
 from lightvla_ros.model.make_checkpoint import make_config
-from lightvla_ros.model.preprocess import (center_crop_resize, image_to_pixels, normalize_proprio,
-                                           unnormalize_actions)
+from lightvla_ros.model.preprocess import (ImageTransform, center_crop_resize, image_to_pixels,
+                                           normalize_proprio, unnormalize_actions)
 from lightvla_ros.model.vla import PLACEHOLDER_TOKEN_ID, make_text_config
 
 INSTRUCTION = "Pick up the alphabet soup and place it in the basket"
@@ -222,13 +222,14 @@ def test_preprocessing():
     rng = np.random.default_rng(1)
     image = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
     stats = [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.5,) * 3)]
-    px = image_to_pixels(image, 224, stats, center_crop=True)
+    transform = ImageTransform(size=224, norm_stats=stats)
+    px = image_to_pixels(image, transform, center_crop=True)
     assert px.shape == (6, 224, 224)
     # both halves are the same RGB under different normalisations
     rgb_a = px[:3] * torch.tensor(stats[0][1])[:, None, None] + torch.tensor(stats[0][0])[:, None, None]
     rgb_b = px[3:] * 0.5 + 0.5
     torch.testing.assert_close(rgb_a, rgb_b, atol=1e-5, rtol=1e-5)
-    no_crop = image_to_pixels(image, 224, stats, center_crop=False)
+    no_crop = image_to_pixels(image, transform, center_crop=False)
     assert not torch.allclose(px, no_crop)
     from PIL import Image
     ramp = np.tile(np.linspace(0, 255, 100).astype(np.uint8)[None, :, None], (100, 1, 3))

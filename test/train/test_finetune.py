@@ -116,6 +116,46 @@ def test_full_finetune_loss_falls_schedule_and_reload(checkpoint, tmp_path):
     assert len(log["history"]) == steps and log["config"]["max_steps"] == steps
 
 
+def test_training_reads_each_samples_oft_rows_and_records_them(checkpoint, tmp_path, monkeypatch):
+    """Both references train on the rows one before the placeholders (vla-scripts/finetune.py:
+    last_hidden_states[:, num_patches:-1] under the action mask of labels[:, 1:]). A right-padded
+    batch with two prompt lengths: each sample's own rows; the saved checkpoint records "oft"."""
+    torch.set_num_threads(2)
+    config = json.loads((checkpoint / "config.json").read_text())
+    config["lightvla"]["action_rows"] = "lightvla"  # e.g. a released LightVLA checkpoint
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    episodes = _episodes(checkpoint, num_episodes=2, length=2)  # two instructions, 4 samples
+    assert len({e.instruction for e in episodes}) == 2
+    seen, logs = {}, []
+
+    def hooks(vla):
+        vla.register_forward_pre_hook(lambda mod, args: seen.update(ids=args[1], mask=args[2]))
+        vla.language_model.model.register_forward_hook(lambda mod, a, out: seen.update(llm=out.last_hidden_state))
+        vla.action_head.register_forward_hook(lambda mod, args, out: seen.update(head=args[0]))
+
+    import lightvla_ros.train.finetune as ft
+    original = ft.prepare_model
+
+    def prepare_with_hooks(vla, cfg):
+        hooks(vla)
+        return original(vla, cfg)
+
+    monkeypatch.setattr(ft, "prepare_model", prepare_with_hooks)
+    cfg = FinetuneConfig(checkpoint=str(checkpoint), out_dir=str(tmp_path / "out"), max_steps=1, batch_size=4,
+                         device="cpu", dtype="float32")
+    result = finetune(cfg, episodes=episodes, log=logs.append)
+    assert any("training on 'oft'" in line for line in logs)
+    lengths = seen["mask"].sum(dim=1)
+    assert len(set(lengths.tolist())) == 2 and seen["llm"].shape[1] == 1 + 512 + 1 + seen["ids"].shape[1] - 1
+    for b in range(4):
+        num_prompt_tokens = int(lengths[b]) - 56 - 1 - 1  # minus placeholders, STOP and BOS
+        start = (512 + 1) + num_prompt_tokens  # NUM_PATCHES (with proprio) + NUM_PROMPT_TOKENS
+        torch.testing.assert_close(seen["head"][b], seen["llm"][b, start:start + 56], rtol=0, atol=0)
+    saved = json.loads((result.out_dir / "config.json").read_text())
+    assert saved["lightvla"]["action_rows"] == "oft"
+    assert load_vla(result.out_dir, device="cpu").action_rows == "oft"
+
+
 def test_lora_trains_only_adapters_and_heads_and_merged_save_reloads(checkpoint, tmp_path):
     torch.set_num_threads(2)
     episodes = _episodes(checkpoint)
