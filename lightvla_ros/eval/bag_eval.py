@@ -92,7 +92,7 @@ def evaluate_bag(path: str | Path, policy: Any, args: argparse.Namespace, progre
 
 def load_policy(args: argparse.Namespace):
     from lightvla_ros.policy.vla_policy import VLAPolicy
-    policy = VLAPolicy(args.checkpoint, device=args.device, dtype=args.dtype)
+    policy = VLAPolicy(args.checkpoint, device=args.device, dtype=args.dtype, action_rows=args.action_rows)
     if args.warmup:
         policy.warmup(args.warmup)   # as the node does: the first inference pays allocation costs
     return policy
@@ -122,7 +122,11 @@ def run_eval(args: argparse.Namespace) -> int:
     report = build_report("via_ros" if args.via_ros else "offline", config,
                           checkpoint_identity(args.checkpoint), episodes, all_frames, opts)
     report["policy"] = {k: getattr(policy, k, None) for k in ("chunk_size", "action_dim", "proprio_dim",
-                                                               "num_images", "action_space")}
+                                                               "num_images", "action_space", "action_rows")}
+    report["policy"]["action_rows_requested"] = requested_action_rows(args)
+    if policy is None and not args.existing_node:  # via ROS the node runs the model: resolve as it does
+        from lightvla_ros.model.checkpoint import read_action_rows
+        report["policy"]["action_rows"] = read_action_rows(args.checkpoint, requested_action_rows(args))
     if args.plots:
         from lightvla_ros.eval.bag_plots import write_plots
         dims = LIBERO_DIM_NAMES if report["policy"].get("action_dim") == 7 else None
@@ -134,6 +138,15 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.report:
         print(f"report: {args.report}")
     return 0 if report["overall"]["complete"] else 1
+
+
+def requested_action_rows(args: argparse.Namespace) -> str:
+    """--action-rows, or a --node-param action_rows:=... given for the started node (it wins there)."""
+    for item in getattr(args, "node_param", None) or []:
+        name, sep, value = item.partition(":=")
+        if sep and name.strip() == "action_rows" and args.via_ros:
+            return value.strip()
+    return args.action_rows
 
 
 def _estimate_frames(bag: str, args: argparse.Namespace) -> int:
@@ -165,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
     ap.add_argument("--warmup", type=int, default=1, help="warm-up inferences before timing (0 = none)")
+    ap.add_argument("--action-rows", choices=("auto", "oft", "lightvla"), default="auto",
+                    help="hidden-state rows the action head reads (docs/model.md); via ROS: the node's action_rows")
     ap.add_argument("--camera-topics", nargs="+", help="in the policy's camera order")
     ap.add_argument("--joint-topic", default="/joint_states")
     ap.add_argument("--eef-topic", default="/eef_pose")

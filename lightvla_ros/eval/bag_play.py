@@ -28,7 +28,8 @@ def _node_params(args: argparse.Namespace, cams: list[str], meta: dict) -> dict:
     params: dict[str, Any] = {"checkpoint": str(args.checkpoint), "device": args.device, "dtype": args.dtype,
                               "camera_topics": cams, "camera_names": [f"cam{i}" for i in range(len(cams))],
                               "pairing_tolerance": node_setting(args.pairing_tolerance, meta, "pairing_tolerance", 0.05),
-                              "max_observation_age": args.max_observation_age}
+                              "max_observation_age": args.max_observation_age,
+                              "action_rows": getattr(args, "action_rows", "auto")}
     sync = node_setting(getattr(args, "proprio_sync_tolerance", None), meta, "proprio_sync_tolerance", None)
     if sync is not None:
         params["proprio_sync_tolerance"] = sync

@@ -167,6 +167,8 @@ def summary_text(report: dict) -> str:
     o = report["overall"]
     lines = [f"lightvla bag eval ({report['mode']}), checkpoint {report['checkpoint'].get('path')} "
              f"[{report['checkpoint'].get('sha256', '')[:12]}]"]
+    if (report.get("policy") or {}).get("action_rows"):
+        lines.append(f"action rows: {report['policy']['action_rows']}")
     for e in report["episodes"]:
         a = e["actions"]
         flag = "" if e.get("complete", True) else "  PARTIAL: " + "; ".join(e.get("damage", []))[:120]

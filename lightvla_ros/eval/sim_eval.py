@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--render-quality", choices=("fast", "full"), default=None)
     ap.add_argument("--device", default="cpu", help="policy device (cpu, cuda, auto)")
     ap.add_argument("--execution-mode", default=None, help="policy chunk execution (open_loop, async, ...)")
+    ap.add_argument("--action-rows", choices=("auto", "oft", "lightvla"), default=None,
+                    help="hidden-state rows the action head reads (docs/model.md); default: the config "
+                         "file's lightvla_policy action_rows, else auto")
     ap.add_argument("--config", default=None, help="YAML with sim_bridge and lightvla_policy sections "
                                                    "(default config/sim_libero.yaml or config/sim_lift.yaml)")
     ap.add_argument("--chunk-size", type=int, default=8, help="expert: actions per chunk")
@@ -91,10 +94,36 @@ def episode_list(args) -> list[dict]:
 
 # ---- one worker: a domain, two processes, episodes in sequence ---------------------------------
 
+def _config_file(args) -> Path:
+    return Path(args.config) if args.config else config_path(
+        "sim_lift.yaml" if args.suite == "robosuite" else "sim_libero.yaml")
+
+
+def requested_action_rows(args) -> str:
+    """--action-rows, else the config file's lightvla_policy action_rows, else auto (the node's default)."""
+    if args.action_rows:
+        return args.action_rows
+    import yaml
+    try:
+        data = yaml.safe_load(_config_file(args).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        data = {}
+    params = (data.get(POLICY_NAME) or {}).get("ros__parameters") or {}
+    return str(params.get("action_rows", "auto"))
+
+
+def action_rows_report(args) -> dict | None:
+    """What the policy node will run, resolved from the checkpoint the way load_vla does."""
+    if args.policy != "vla":
+        return None
+    from lightvla_ros.model.checkpoint import read_action_rows
+    requested = requested_action_rows(args)
+    return {"requested": requested, "resolved": read_action_rows(args.checkpoint, requested)}
+
+
 def _node_params(args) -> tuple[Path, dict, str, dict]:
     """(config file, bridge overrides, policy executable, policy overrides)."""
-    cfg = Path(args.config) if args.config else config_path(
-        "sim_lift.yaml" if args.suite == "robosuite" else "sim_libero.yaml")
+    cfg = _config_file(args)
     bridge = {"suite": args.suite, "mode": args.mode, "action_input": args.action_input,
               "action_timeout": float(args.action_timeout),
               "episode_timeout": float(args.episode_timeout)}
@@ -107,7 +136,7 @@ def _node_params(args) -> tuple[Path, dict, str, dict]:
         policy = {"chunk_size": int(args.chunk_size), "use_sim_time": args.mode == "lock_step"}
         return cfg, bridge, "lightvla-expert", policy
     policy = {"checkpoint": str(Path(args.checkpoint).resolve()), "device": args.device,
-              "use_sim_time": args.mode == "lock_step"}
+              "use_sim_time": args.mode == "lock_step", "action_rows": requested_action_rows(args)}
     if args.execution_mode:
         policy["execution_mode"] = args.execution_mode
     return cfg, bridge, "lightvla-policy", policy
@@ -263,6 +292,7 @@ def run_eval(args) -> dict:
             raise SystemExit(f"checkpoint directory {args.checkpoint} does not exist "
                              "(generate one with lightvla-make-checkpoint DIR --size tiny)")
     episodes = episode_list(args)
+    action_rows = action_rows_report(args)  # before any worker starts
     workers = max(1, min(int(args.workers), len(episodes)))
     t0 = time.monotonic()
     bar = None
@@ -313,6 +343,7 @@ def run_eval(args) -> dict:
     report = {
         "policy": args.policy, "suite": args.suite, "mode": args.mode, "workers": workers,
         "checkpoint": checkpoint_fingerprint(args.checkpoint) if args.policy == "vla" else None,
+        "action_rows": action_rows,
         "args": {k: v for k, v in vars(args).items()},
         "versions": versions(),
         "wall_time_s": time.monotonic() - t0,

@@ -110,6 +110,9 @@ def format_summary(report: dict) -> str:
     if report["policy"] == "vla":
         lines.append(f"checkpoint: {ck.get('path')}  config {ck.get('config_sha256')}  "
                      f"weights {ck.get('weights_fingerprint')}")
+        rows = report.get("action_rows") or {}
+        if rows:
+            lines.append(f"action rows: {rows.get('resolved')} (requested {rows.get('requested')})")
     else:
         lines.append("checkpoint: none (scripted expert with privileged state)")
     lines.append(f"{'task':<52} {'succ':>6} {'rate':>6} {'steps':>6}")

@@ -82,7 +82,7 @@ def test_expert_libero_object_over_ros(tmp_path):
 def test_tiny_checkpoint_lock_step_loop(tmp_path, tiny_checkpoint):
     steps = 12
     r = run_eval(tmp_path, "--checkpoint", str(tiny_checkpoint), "--suite", "libero_object", "--tasks", "0",
-                 "--init-states", "0", "--max-steps", str(steps), "--device", "cpu")
+                 "--init-states", "0", "--max-steps", str(steps), "--device", "cpu", "--action-rows", "lightvla")
     _no_errors(r)
     ep = r["episodes"][0]
     assert ep["policy_steps"] == steps                    # the episode ran to max_steps
@@ -95,3 +95,8 @@ def test_tiny_checkpoint_lock_step_loop(tmp_path, tiny_checkpoint):
     assert ck["path"] == str(Path(tiny_checkpoint).resolve()) and len(ck["weights_fingerprint"]) == 16
     assert r["overall"]["step_latency_s"]["count"] == steps
     assert str(Path(tiny_checkpoint).resolve()) in r["_stdout"]  # the summary says which checkpoint ran
+    # --action-rows reaches the node (-p action_rows:=lightvla) and the report (the checkpoint records oft)
+    assert r["action_rows"] == {"requested": "lightvla", "resolved": "lightvla"}
+    assert "action rows: lightvla" in r["_stdout"]
+    node_logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "logs").rglob("*") if p.is_file())
+    assert "action rows lightvla" in node_logs
