@@ -19,6 +19,7 @@ CONSOLE_SCRIPTS = [
     ("lightvla-bag-eval", "lightvla_ros.eval.bag_eval:main"),
     ("lightvla-make-checkpoint", "lightvla_ros.model.make_checkpoint:main"),
     ("lightvla-finetune", "lightvla_ros.train.finetune:main"),
+    ("lightvla-collect", "lightvla_ros.train.collect:main"),
 ]
 
 setup(

@@ -91,7 +91,11 @@ class SimEnv:
     """
 
     suite: str
-    num_wait_steps = 10  # LIBERO protocol: no-op steps after reset while objects settle
+    # The episode protocol's one wait-step rule: no-op steps after reset while objects settle,
+    # the policy not asked. LIBERO: 10 (its evaluation protocol, objects drop onto the table);
+    # robosuite: 0 (RobosuiteEnv; its reset places objects at rest, and its demos start at once).
+    # The sim bridge, the expert-demo path and dataset collection all read this attribute.
+    num_wait_steps = 10
 
     def __init__(self, config: SimConfig):
         config.validate()

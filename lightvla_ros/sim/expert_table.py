@@ -32,9 +32,8 @@ class EpisodeStats:
 def run_expert_episode(env: SimEnv, init_state_index: int = 0, chunk_size: int = 1) -> EpisodeStats:
     t0 = time.perf_counter()
     obs = env.reset(init_state_index)
-    if env.suite != "robosuite":
-        for _ in range(env.num_wait_steps):
-            obs, _ = env.step(NOOP_ACTION)
+    for _ in range(env.num_wait_steps):
+        obs, _ = env.step(NOOP_ACTION)
     expert = make_expert(env)
     expert.reset()
     steps, success = 0, False

@@ -32,6 +32,7 @@ def resolve_task(task: int | str) -> str:
 
 class RobosuiteEnv(SimEnv):
     suite = "robosuite"
+    num_wait_steps = 0  # objects start at rest (see SimEnv.num_wait_steps)
 
     def __init__(self, config: SimConfig):
         super().__init__(config)

@@ -6,6 +6,9 @@ One episode = one `.npz` file (np.savez_compressed, no pickles):
     actions       (T, action_dim) float32           raw units (what the robot executed at t)
     instruction   0-d str                           e.g. "pick up the alphabet soup"
     camera_names  (num_cameras,) str                optional, informational
+    timestamps    (T,) float64                      optional, seconds (sim time or bag time)
+A dataset directory may hold `dataset.json` (format lightvla.dataset/1: cameras, rate, proprio
+sources, where the episodes came from; docs/training.md).
 
 A training sample at step t is (images at t, proprio at t, instruction, actions t..t+chunk-1),
 the chunk padded past the episode end by repeating the last action (OFT's RLDS chunking).
@@ -29,6 +32,7 @@ class Episode:
     actions: np.ndarray  # (T, action_dim) float32, raw
     instruction: str
     camera_names: tuple[str, ...] = ()
+    timestamps: np.ndarray | None = None  # (T,) float64 seconds, optional
 
     def __post_init__(self):
         self.images = np.asarray(self.images)
@@ -45,6 +49,10 @@ class Episode:
                 raise ValueError(f"{name} must be (T={T}, dim), got {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name} has non-finite values")
+        if self.timestamps is not None:
+            self.timestamps = np.asarray(self.timestamps, dtype=np.float64)
+            if self.timestamps.shape != (T,):
+                raise ValueError(f"timestamps must be (T={T},), got {self.timestamps.shape}")
         if not isinstance(self.instruction, str) or not self.instruction.strip():
             raise ValueError(f"instruction must be a non-empty string, got {self.instruction!r}")
 
@@ -59,9 +67,10 @@ class Episode:
 def save_episode(episode: Episode, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if episode.timestamps is None else {"timestamps": episode.timestamps}
     np.savez_compressed(path, images=episode.images, proprio=episode.proprio, actions=episode.actions,
                         instruction=np.array(episode.instruction),
-                        camera_names=np.array(list(episode.camera_names), dtype=str))
+                        camera_names=np.array(list(episode.camera_names), dtype=str), **extra)
     return path
 
 
@@ -73,7 +82,8 @@ def load_episode(path) -> Episode:
             if missing:
                 raise ValueError(f"{path}: missing array(s) {sorted(missing)}")
             names = tuple(str(n) for n in f["camera_names"]) if "camera_names" in f.files else ()
-            return Episode(f["images"], f["proprio"], f["actions"], str(f["instruction"]), names)
+            stamps = f["timestamps"] if "timestamps" in f.files else None
+            return Episode(f["images"], f["proprio"], f["actions"], str(f["instruction"]), names, stamps)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read episode {path}: {e}") from e
 

@@ -150,6 +150,7 @@ def test_robosuite_lift_env(lift_env):
     env = lift_env
     obs = env.reset(2)
     assert env.suite == "robosuite" and env.task_name == "Lift" and env.max_steps == 200
+    assert env.num_wait_steps == 0  # the one wait-step rule: robosuite objects start at rest
     assert obs.images["wrist"].shape == (64, 64, 3) and obs.proprio.shape == (8,)
     cube = obs.privileged["cube"].copy()
     env.step([0, 0, 0, 0, 0, 0, 1])

@@ -1,0 +1,143 @@
+"""Expert demonstrations recorded exactly as the policy will see them, in the fine-tuning format.
+
+    lightvla-collect OUT_DIR --suite robosuite --tasks Lift --init-states 100-149 [--camera-size 128]
+
+Per episode: reset to the init state (robosuite: the seed), the episode protocol's wait steps
+(`SimEnv.num_wait_steps`, the policy is not asked, nothing recorded), then the scripted expert
+until success or max steps. Every recorded step holds what the policy node would have assembled
+from the sim bridge's topics at that step: the camera images in the bridge's convention and size,
+the proprio built by the node's own ObservationAssembler from the eef pose and the joint states,
+and the 7-dim action the sim then applied. Failed expert episodes are reported, not saved.
+Output: one `.npz` per episode (lightvla_ros.train.dataset) plus `dataset.json` (docs/training.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..policy.observation_sync import ObservationAssembler
+from ..policy.types import Observation
+from .dataset import Episode, save_episode
+
+# what the policy node assembles for LIBERO / robosuite checkpoints (config/sim_*.yaml)
+PROPRIO_SOURCES = ("eef_pos", "eef_axis_angle", "joint:gripper0_finger_joint1", "joint:gripper0_finger_joint2")
+DATASET_FORMAT = "lightvla.dataset/1"
+
+
+def parse_indices(spec: str) -> list[int]:
+    """'0-4,9' -> [0, 1, 2, 3, 4, 9]."""
+    out: list[int] = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        if "-" in part:
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def policy_view(assembler: ObservationAssembler, sim_obs, stamp: float) -> Observation:
+    """The Observation the node would assemble from the bridge's messages for this sim state."""
+    for cam in assembler.camera_names:
+        assembler.add_image(cam, sim_obs.images[cam], stamp)
+    assembler.add_joint_state(sim_obs.joint_names, sim_obs.joint_positions, stamp)
+    assembler.add_eef_pose(sim_obs.eef_pos, sim_obs.eef_quat, stamp)
+    obs = assembler.assemble(stamp)
+    if not isinstance(obs, Observation):
+        raise RuntimeError(f"the sim observation does not assemble: {obs.message}")
+    return obs
+
+
+def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=PROPRIO_SOURCES):
+    """-> (Episode or None if the expert failed, info dict)."""
+    from ..sim import NOOP_ACTION
+    from ..sim.experts import make_expert
+
+    t0 = time.perf_counter()
+    sim_obs = env.reset(init_state)
+    for _ in range(env.num_wait_steps):
+        sim_obs, _ = env.step(NOOP_ACTION)
+    assembler = ObservationAssembler(env.camera_names, proprio_sources=list(proprio_sources),
+                                     instruction=env.instruction, max_observation_age=1e9)
+    expert = make_expert(env)
+    expert.reset()
+    images, proprio, actions, stamps = [], [], [], []
+    success = False
+    while len(actions) < env.max_steps and not success:
+        for action in expert.act_chunk(sim_obs, chunk_size):
+            obs = policy_view(assembler, sim_obs, sim_obs.sim_time)
+            images.append(np.stack(obs.images))
+            proprio.append(obs.proprio)
+            actions.append(np.asarray(action, dtype=np.float32))
+            stamps.append(sim_obs.sim_time)
+            sim_obs, success = env.step(action)
+            if success or len(actions) >= env.max_steps:
+                break
+    info = {"init_state": init_state, "success": bool(success), "steps": len(actions),
+            "seconds": round(time.perf_counter() - t0, 2)}
+    if not success:
+        return None, info
+    ep = Episode(images=np.stack(images), proprio=np.stack(proprio), actions=np.stack(actions),
+                 instruction=env.instruction, camera_names=tuple(env.camera_names), timestamps=np.asarray(stamps))
+    return ep, info
+
+
+def write_dataset_meta(out: Path, **fields) -> Path:
+    path = out / "dataset.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    meta.update(format=DATASET_FORMAT, **fields)
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="lightvla-collect", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("out", help="dataset directory (created; episodes are added)")
+    ap.add_argument("--suite", default="robosuite")
+    ap.add_argument("--tasks", default="Lift", help="comma-separated task indices or names")
+    ap.add_argument("--init-states", default="0-9", help="e.g. 100-149 (robosuite: seeds)")
+    ap.add_argument("--camera-size", type=int, default=128, help="rendered size, as the sim bridge's camera_size")
+    ap.add_argument("--render-quality", choices=("fast", "full"), default="fast")
+    ap.add_argument("--image-convention", default="openvla")
+    ap.add_argument("--chunk-size", type=int, default=8, help="expert actions planned per observation")
+    args = ap.parse_args(argv)
+
+    from ..sim import SimConfig, make_env
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    saved, failed = 0, []
+    for task in tasks:
+        task_key = int(task) if task.isdigit() else task
+        cfg = SimConfig(suite=args.suite, task=task_key, camera_size=args.camera_size,
+                        render_quality=args.render_quality, image_convention=args.image_convention)
+        with make_env(cfg) as env:
+            for i in parse_indices(args.init_states):
+                ep, info = collect_episode(env, i, args.chunk_size)
+                name = f"{args.suite}_{env.task_name}_{i:04d}"
+                if ep is None:
+                    failed.append(name)
+                    print(f"{name}: expert failed after {info['steps']} steps: not saved", flush=True)
+                    continue
+                save_episode(ep, out / f"{name}.npz")
+                saved += 1
+                print(f"{name}: {info['steps']} steps, {info['seconds']} s", flush=True)
+            write_dataset_meta(out, suite=args.suite, camera_names=list(env.camera_names),
+                               camera_size=args.camera_size, image_convention=args.image_convention,
+                               render_quality=args.render_quality, control_rate_hz=1.0 / env.control_period,
+                               proprio_sources=list(PROPRIO_SOURCES), action_space="eef_delta_pose_gripper",
+                               wait_steps=env.num_wait_steps, source="lightvla-collect (scripted expert)")
+    print(f"saved {saved} episode(s) to {out}; expert failures: {len(failed)} {failed}", flush=True)
+    return 0 if saved else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
