@@ -1,7 +1,7 @@
 """How far our image resize is from OpenVLA-OFT's TensorFlow one, on real sim frames (optional).
 
     python benchmarks/image_pipeline_vs_tf.py --tf-python /tmp/tfenv/bin/python [--frames F.npy] [--json out.json]
-    /tmp/tfenv/bin/python benchmarks/image_pipeline_vs_tf.py --golden test/model/data/tf_lanczos3.npz
+    /tmp/tfenv/bin/python benchmarks/image_pipeline_vs_tf.py --golden test/model/data/tf_image_ops.npz
 
 TensorFlow is not a dependency of the package: give a Python that has it (a scratch venv:
 `python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu numpy pillow`); without
@@ -10,8 +10,9 @@ OpenVLA convention (MUJOCO_GL=egl), agentview and wrist, unless --frames gives a
 uint8 .npy (--render-quality: fast, the sim configs' setting, or full). The reference is openvla-oft experiments/robot/openvla_utils.py
 `resize_image_for_policy` (tf.image.encode_jpeg at its default quality, decode, resize lanczos3
 with antialias, round, clip) and `center_crop_image` (crop_and_resize, 90% area). Compared:
-"before" = PIL lanczos without JPEG (this package until the action-rows change), "after" =
-lightvla_ros.model.preprocess.resize_for_policy; then both full paths with the center crop.
+"before" = PIL lanczos without JPEG and a PIL bilinear crop (this package until the action-rows
+change), "after" = lightvla_ros.model.preprocess (resize_for_policy, center_crop_image); then the
+crop alone, applied to TF's resized images.
 """
 from __future__ import annotations
 
@@ -40,16 +41,23 @@ def tf_reference(frames_path: str, out_path: str) -> None:
         img = tf.image.resize(img, (SIZE, SIZE), method="lanczos3", antialias=True)
         img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
         resized.append(img.numpy())
-        x = tf.image.convert_image_dtype(img, tf.float32)[None]
-        side = float(np.sqrt(0.9))
-        off = (1 - side) / 2
-        x = tf.image.crop_and_resize(x, [[off, off, off + side, off + side]], [0], (SIZE, SIZE))[0]
-        cropped.append(tf.image.convert_image_dtype(tf.clip_by_value(x, 0, 1), tf.uint8, saturate=True).numpy())
+        cropped.append(_tf_center_crop(tf, img))
     np.savez(out_path, resized=np.stack(resized), cropped=np.stack(cropped), tf_version=np.array(tf.__version__))
 
 
+def _tf_center_crop(tf, image) -> np.ndarray:
+    """openvla_utils.center_crop_image: crop_and_resize of 90% of the area back to the same size."""
+    h, w = int(image.shape[0]), int(image.shape[1])
+    x = tf.image.convert_image_dtype(tf.convert_to_tensor(image), tf.float32)[None]
+    side = tf.reshape(tf.clip_by_value(tf.sqrt(0.9), 0, 1), shape=(1,))
+    off = (1 - side) / 2
+    boxes = tf.stack([off, off, off + side, off + side], axis=1)
+    x = tf.image.crop_and_resize(x, boxes, tf.range(1), (h, w))[0]
+    return tf.image.convert_image_dtype(tf.clip_by_value(x, 0, 1), tf.uint8, saturate=True).numpy()
+
+
 def tf_golden(out_path: str) -> None:
-    """The small lanczos3 fixture of test/model/test_preprocess.py."""
+    """The small lanczos3 and center-crop fixture of test/model/test_preprocess.py."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -59,6 +67,7 @@ def tf_golden(out_path: str) -> None:
     for name, (h, w) in {"down": (28, 28), "up": (56, 60), "mixed": (33, 40)}.items():
         r = tf.image.resize(image, (h, w), method="lanczos3", antialias=True)
         out[name] = tf.cast(tf.clip_by_value(tf.round(r), 0, 255), tf.uint8).numpy()
+    out["crop"] = _tf_center_crop(tf, image)
     np.savez_compressed(out_path, **out)
 
 
@@ -86,14 +95,20 @@ def compare(frames: np.ndarray, ref: dict) -> dict:
     sys.path.insert(0, str(ROOT))
     from PIL import Image
 
-    from lightvla_ros.model.preprocess import ImageTransform, center_crop_resize, resize_for_policy
+    from lightvla_ros.model.preprocess import ImageTransform, center_crop_image, resize_for_policy
 
     transform = ImageTransform(size=SIZE)
     before = np.stack([np.asarray(Image.fromarray(f).resize((SIZE, SIZE), Image.LANCZOS)) for f in frames])
     after = np.stack([resize_for_policy(f, transform) for f in frames])
 
-    def crop(images):
-        return np.stack([np.asarray(center_crop_resize(Image.fromarray(im))) for im in images])
+    def crop_before(images):  # the previous crop: PIL bilinear over a box of sqrt(0.9) of each side
+        side = np.sqrt(0.9) * SIZE
+        box = ((SIZE - side) / 2, (SIZE - side) / 2, (SIZE + side) / 2, (SIZE + side) / 2)
+        return np.stack([np.asarray(Image.fromarray(im).resize((SIZE, SIZE), Image.BILINEAR, box=box))
+                         for im in images])
+
+    def crop_after(images):
+        return np.stack([center_crop_image(im) for im in images])
 
     def diff(a, b):
         d = np.abs(a.astype(np.int16) - b.astype(np.int16))
@@ -101,7 +116,9 @@ def compare(frames: np.ndarray, ref: dict) -> dict:
 
     return {"frames": int(len(frames)), "frame_shape": list(frames.shape[1:]), "tf_version": str(ref["tf_version"]),
             "resize_before": diff(before, ref["resized"]), "resize_after": diff(after, ref["resized"]),
-            "with_crop_before": diff(crop(before), ref["cropped"]), "with_crop_after": diff(crop(after), ref["cropped"])}
+            "with_crop_before": diff(crop_before(before), ref["cropped"]),
+            "with_crop_after": diff(crop_after(after), ref["cropped"]),
+            "crop_alone_after": diff(crop_after(ref["resized"]), ref["cropped"])}
 
 
 def main() -> int:
@@ -142,7 +159,7 @@ def main() -> int:
         result["frames_from"] = str(args.frames) if args.frames else f"libero_object task 0, {args.render_quality}"
     print(f"{result['frames']} frames {result['frame_shape']} vs TensorFlow {result['tf_version']} "
           "(uint8 levels: mean / max abs difference, fraction of values differing)")
-    for key in ("resize_before", "resize_after", "with_crop_before", "with_crop_after"):
+    for key in ("resize_before", "resize_after", "with_crop_before", "with_crop_after", "crop_alone_after"):
         r = result[key]
         print(f"  {key:18s} mean {r['mean']:.3f}  max {r['max']:3d}  differing {r['frac_differing']:.3f}")
     if args.json:

@@ -4,14 +4,14 @@ Images follow OFT's LIBERO eval path (REFERENCE.md "LIBERO image resize"; openvl
 experiments/robot/openvla_utils.py `prepare_images_for_vla`): an image not already at the model's
 size goes through a JPEG encode/decode round trip at TF's default quality (95) and a lanczos3
 resize with antialiasing (TF's kernel, in float, here in numpy), then optionally the 90%-area
-center crop; then each backbone's normalisation, from the checkpoint's preprocessor_config.json
-when it has one. The fused backbone stacks [DINOv2-normalised RGB, SigLIP-normalised RGB] as 6
-channels. What is left of the difference to TF is its JPEG decoder (docs/model.md "Images").
+center crop (TF's crop_and_resize, in numpy); then each backbone's normalisation, from the
+checkpoint's preprocessor_config.json when it has one. The fused backbone stacks
+[DINOv2-normalised RGB, SigLIP-normalised RGB] as 6 channels. What is left of the difference to
+TF is its JPEG decoder (docs/model.md "Images").
 """
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -115,21 +115,40 @@ def resize_for_policy(image: np.ndarray, transform: ImageTransform) -> np.ndarra
     return lanczos3_resize(jpeg_round_trip(image), size, size)
 
 
-def center_crop_resize(image: Image.Image, area: float = CROP_AREA) -> Image.Image:
-    """Center crop keeping `area` of the pixels (side sqrt(area)), resized back (bilinear)."""
-    w, h = image.size
-    side = math.sqrt(area)
-    cw, ch = side * w, side * h
-    left, top = (w - cw) / 2, (h - ch) / 2
-    return image.resize((w, h), Image.BILINEAR, box=(left, top, left + cw, top + ch))
+def center_crop_image(image: np.ndarray, area: float = CROP_AREA) -> np.ndarray:
+    """Center crop keeping `area` of the pixels (side sqrt(area)), resized back to the same size.
+
+    OFT's center_crop_image in numpy: tf.image.crop_and_resize (bilinear, corner-aligned sampling,
+    float32) on values in [0, 1], then back to uint8 as convert_image_dtype(saturate=True) does.
+    """
+    h, w = image.shape[:2]
+    f32 = np.float32
+    side = np.sqrt(f32(area)).astype(f32)
+    lo = ((f32(1) - side) / f32(2)).astype(f32)  # box [lo, lo, lo + side, lo + side], normalised
+    hi = f32(lo + side)
+    x = image.astype(f32) * f32(1 / 255.0)
+
+    def taps(n: int):  # source position of output i: lo (n - 1) + i (hi - lo) (n_in - 1) / (n_out - 1)
+        scale = f32((hi - lo) * f32(n - 1) / f32(n - 1))  # n_in = n_out = n
+        pos = (lo * f32(n - 1) + np.arange(n, dtype=f32) * scale).astype(f32)
+        first = np.floor(pos).astype(np.int64)
+        return first, np.ceil(pos).astype(np.int64), (pos - first.astype(f32)).astype(f32)
+
+    top, bottom, y_lerp = taps(h)
+    left, right, x_lerp = taps(w)
+    x_lerp, y_lerp = x_lerp[None, :, None], y_lerp[:, None, None]
+    upper = x[top][:, left] + (x[top][:, right] - x[top][:, left]) * x_lerp
+    lower = x[bottom][:, left] + (x[bottom][:, right] - x[bottom][:, left]) * x_lerp
+    out = upper + (lower - upper) * y_lerp
+    return (np.clip(out, 0, 1) * f32(255.5)).astype(np.uint8)
 
 
 def image_to_pixels(image: np.ndarray, transform: ImageTransform, center_crop: bool) -> torch.Tensor:
     """(H, W, 3) uint8 RGB -> (3 * len(transform.norm_stats), size, size) float32."""
-    pil = Image.fromarray(resize_for_policy(np.ascontiguousarray(image), transform))
+    image = resize_for_policy(np.ascontiguousarray(image), transform)
     if center_crop:
-        pil = center_crop_resize(pil)
-    x = torch.from_numpy(np.asarray(pil, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
+        image = center_crop_image(image)
+    x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
     parts = []
     for mean, std in transform.norm_stats:
         mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lightvla_ros.model import CheckpointError, load_vla, save_checkpoint
-from lightvla_ros.model.preprocess import (ImageTransform, jpeg_round_trip, lanczos3_resize, make_square,
-                                           resize_for_policy)
+from lightvla_ros.model.preprocess import (ImageTransform, center_crop_image, jpeg_round_trip, lanczos3_resize,
+                                           make_square, resize_for_policy)
 
 DATA = Path(__file__).parent / "data"
 # preprocessor_config.json of the released dinosiglip checkpoints: the processor applies
@@ -24,10 +24,16 @@ RELEASED_NORMALIZE = [
 def test_lanczos3_matches_tensorflow(name):
     """Golden outputs of tf.image.resize(method="lanczos3", antialias=True), rounded and clipped,
     written with TensorFlow 2.21 by `benchmarks/image_pipeline_vs_tf.py --golden`."""
-    ref = np.load(DATA / "tf_lanczos3.npz")
+    ref = np.load(DATA / "tf_image_ops.npz")
     out = lanczos3_resize(ref["image"], *ref[name].shape[:2])
     diff = np.abs(out.astype(int) - ref[name].astype(int))
     assert diff.max() <= 1 and np.mean(diff > 0) < 0.01  # float rounding at .5 only
+
+
+def test_center_crop_matches_tensorflow():
+    """OFT's center_crop_image: tf.image.crop_and_resize of 90% of the area, back to uint8 (golden data)."""
+    ref = np.load(DATA / "tf_image_ops.npz")
+    np.testing.assert_array_equal(center_crop_image(ref["image"]), ref["crop"])
 
 
 def test_jpeg_round_trip_only_when_resizing():
