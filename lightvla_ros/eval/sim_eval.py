@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-steps", type=int, default=0, help="policy steps per episode; 0 = the suite's protocol")
     ap.add_argument("--report", default="out/sim_eval_report.json")
     ap.add_argument("--workers", type=int, default=1, help="parallel workers, each with its own ROS domain")
+    ap.add_argument("--in-process", action="store_true",
+                    help="vla only: run the episodes in this process (lightvla_ros.sim.episode: the bridge's "
+                         "protocol and the node's observation assembly, no ROS, open loop)")
     ap.add_argument("--mode", choices=("lock_step", "wall_clock"), default="lock_step")
     ap.add_argument("--action-input", choices=("step", "chunk"), default="step",
                     help="the bridge applies /lightvla/action (step) or executes /lightvla/action_chunk itself")
@@ -270,6 +273,48 @@ class _EpisodeClient:
         return rec
 
 
+def run_in_process(args, episodes: list[dict], progress=None) -> list[dict]:
+    """The episodes without ROS: same env settings (the config's sim_bridge section and the
+    overrides), same wait steps, max steps and observation; chunks executed open loop."""
+    import yaml
+
+    from lightvla_ros.policy.vla_policy import VLAPolicy
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.sim.episode import run_policy_episode
+
+    cfg_file, bridge_params, _, _ = _node_params(args)
+    data = yaml.safe_load(Path(cfg_file).read_text()) or {}
+    bridge = {**((data.get(BRIDGE_NAME) or {}).get("ros__parameters") or {}), **bridge_params}
+    policy_cfg = (data.get(POLICY_NAME) or {}).get("ros__parameters") or {}
+    rows = requested_action_rows(args)
+    policy = VLAPolicy(args.checkpoint, device=args.device, dtype="float32" if args.device == "cpu" else "auto",
+                       **({} if rows == "auto" else {"action_rows": rows}))
+    records = []
+    by_task: dict[str, list[dict]] = {}
+    for ep in episodes:
+        by_task.setdefault(str(ep["task"]), []).append(ep)
+    for task, eps in by_task.items():
+        sim_cfg = SimConfig(suite=args.suite, task=int(task) if task.isdigit() else task,
+                            camera_size=int(bridge.get("camera_size", 256)),
+                            render_quality=str(bridge.get("render_quality", "fast")),
+                            image_convention=str(bridge.get("image_convention", "openvla")))
+        with make_env(sim_cfg) as env:
+            for ep in eps:
+                out = run_policy_episode(env, policy, ep["init_state_index"], max_steps=args.max_steps,
+                                         execute=int(policy_cfg.get("open_loop_steps", 0) or 0),
+                                         gripper_postprocess=str(bridge.get("gripper_postprocess", "none")))
+                rec = {**ep, "task_name": out.task, "success": out.success, "steps": out.wait_steps + out.policy_steps,
+                       "policy_steps": out.policy_steps, "wait_steps": out.wait_steps,
+                       "actions_applied": out.policy_steps, "dropped_steps": 0, "duration": out.seconds,
+                       "chunks": out.chunks, "kept_tokens": out.kept_tokens,
+                       "total_tokens": [out.total_tokens] * len(out.kept_tokens), "instruction": env.instruction,
+                       "message": "success" if out.success else "max_steps", "in_process": True}
+                records.append(rec)
+                if progress:
+                    progress(rec)
+    return records
+
+
 def _worker_entry(args, episodes, worker_id, q) -> None:
     try:
         run_worker(args, episodes, worker_id, progress=q.put)
@@ -308,7 +353,11 @@ def run_eval(args) -> dict:
             bar.set_postfix_str(f"success {ok}/{len(records)}")
             bar.update(1)
 
-    if workers == 1:
+    if args.in_process:
+        if args.policy != "vla" or args.record:
+            raise SystemExit("--in-process runs the VLA only, without --record")
+        run_in_process(args, episodes, progress)
+    elif workers == 1:
         run_worker(args, episodes, 0, progress)
     else:
         ctx = mp.get_context("spawn")  # fresh interpreters: rclpy and MuJoCo state is per process

@@ -341,6 +341,7 @@ def _config_for_save(vla: LightVLA) -> dict:
     if vla.default_unnorm_key is not None:
         block["unnorm_key"] = vla.default_unnorm_key
     block["action_rows"] = vla.action_rows  # the rows its action head was trained on / runs with
+    block["prune"] = bool(vla.prune)  # TokenPruner on at inference (what it was trained with last)
     config["lightvla"] = block
     config["torch_dtype"] = str(next(vla.parameters()).dtype).replace("torch.", "")
     return config

@@ -28,8 +28,14 @@ def _family(timm_id: str) -> str:
 
 
 def make_config(size: str = "tiny", platform: str = "libero", num_images: int = 2,
-                vision: str = "dinosiglip") -> dict:
-    """config.json contents: the released Prismatic/OpenVLA fields + timm size overrides + our block."""
+                vision: str = "dinosiglip", image_size: int = 224, geometry: dict | None = None) -> dict:
+    """config.json contents: the released Prismatic/OpenVLA fields + timm size overrides + our block.
+
+    geometry overrides the size's numbers: vision_dim, vision_depth, vision_heads (every backbone),
+    llm_dim, llm_layers, llm_heads, llm_ffn. image_size: the square input of the vision towers
+    (a multiple of 14, their patch size)."""
+    if image_size < 14 or image_size % 14:
+        raise ValueError(f"image_size must be a positive multiple of 14 (the patch size), got {image_size}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; known: {sorted(SIZES)}")
     backbone_id = VISION_SHORT_NAMES.get(vision, vision)
@@ -38,6 +44,23 @@ def make_config(size: str = "tiny", platform: str = "libero", num_images: int = 
     plat = get_platform(platform)
     timm_ids = VISION_BACKBONES[backbone_id]
     spec = SIZES[size]
+    vision_over = {_family(t): dict(spec["timm_overrides"][_family(t)] or {}) for t in timm_ids}
+    text = dict(spec["text"])
+    g = dict(geometry or {})
+    unknown = set(g) - {"vision_dim", "vision_depth", "vision_heads", "llm_dim", "llm_layers", "llm_heads", "llm_ffn"}
+    if unknown:
+        raise ValueError(f"unknown geometry keys {sorted(unknown)}")
+    for fam in vision_over:
+        for key, name in (("vision_dim", "embed_dim"), ("vision_depth", "depth"), ("vision_heads", "num_heads")):
+            if g.get(key):
+                vision_over[fam][name] = int(g[key])
+    for key, name in (("llm_dim", "hidden_size"), ("llm_layers", "num_hidden_layers"), ("llm_ffn", "intermediate_size")):
+        if g.get(key):
+            text[name] = int(g[key])
+    if g.get("llm_heads"):
+        text["num_attention_heads"] = text["num_key_value_heads"] = int(g["llm_heads"])
+    if g.get("llm_dim") and not g.get("llm_ffn"):
+        text["intermediate_size"] = 2 * int(g["llm_dim"])
     fused = len(timm_ids) == 2
     return {
         "architectures": ["OpenVLAForActionPrediction"],
@@ -49,9 +72,9 @@ def make_config(size: str = "tiny", platform: str = "libero", num_images: int = 
         "image_resize_strategy": "resize-naive",
         "timm_model_ids": timm_ids,
         "timm_override_act_layers": [None] * len(timm_ids),
-        "image_sizes": [224] * len(timm_ids),
-        "timm_model_kwargs": [spec["timm_overrides"][_family(t)] for t in timm_ids],
-        "text_config": dict(spec["text"], model_type="llama", architectures=["LlamaForCausalLM"]),
+        "image_sizes": [int(image_size)] * len(timm_ids),
+        "timm_model_kwargs": [vision_over[_family(t)] or None for t in timm_ids],
+        "text_config": dict(text, model_type="llama", architectures=["LlamaForCausalLM"]),
         "llm_max_length": 2048,
         "pad_token_id": PAD_TOKEN_ID,
         "pad_to_multiple_of": 64,
@@ -126,12 +149,13 @@ def make_statistics(platform: str = "libero") -> tuple[str, dict]:
 
 def make_checkpoint(out_dir, size: str = "tiny", seed: int = 0, platform: str = "libero",
                     num_images: int = 2, vision: str = "dinosiglip", step: int = 0,
-                    dtype: torch.dtype | None = None, action_rows: str = TRAIN_ACTION_ROWS) -> Path:
+                    dtype: torch.dtype | None = None, action_rows: str = TRAIN_ACTION_ROWS,
+                    image_size: int = 224, geometry: dict | None = None, prune: bool = True) -> Path:
     """Write a random checkpoint to `out_dir` and return its path (reloads with load_vla).
 
     action_rows is recorded in config.json (default "oft": what fine-tuning here trains on).
     """
-    config = make_config(size, platform, num_images, vision)
+    config = make_config(size, platform, num_images, vision, image_size=image_size, geometry=geometry)
     key, stats = make_statistics(platform)
     config["norm_stats"] = stats
     config["lightvla"]["unnorm_key"] = key
@@ -147,6 +171,7 @@ def make_checkpoint(out_dir, size: str = "tiny", seed: int = 0, platform: str = 
     vla.norm_stats = stats
     vla.default_unnorm_key = key
     vla.action_rows = action_rows
+    vla.prune = bool(prune)
     vla.preprocessor_config = make_preprocessor_config(config, vla.vision_backbone.norm_stats())
     tok = build_llama_like_tokenizer()
     vla.tokenizer = PromptTokenizer(tok)
@@ -167,11 +192,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vision", default="dinosiglip", choices=sorted(VISION_SHORT_NAMES))
     parser.add_argument("--action-rows", default=TRAIN_ACTION_ROWS, choices=list(ACTION_ROWS),
                         help="action-row convention recorded in config.json (docs/model.md)")
+    parser.add_argument("--image-size", type=int, default=224, help="vision input size (multiple of 14)")
+    for name, what in (("vision-dim", "ViT width"), ("vision-depth", "ViT blocks"), ("vision-heads", "ViT heads"),
+                       ("llm-dim", "Llama hidden size"), ("llm-layers", "Llama layers"), ("llm-heads", "Llama heads"),
+                       ("llm-ffn", "Llama MLP size (default 2 x llm-dim when llm-dim is given)")):
+        parser.add_argument(f"--{name}", type=int, default=None, help=f"{what} (overrides --size)")
+    parser.add_argument("--no-prune", action="store_false", dest="prune", help="record the pruner as off")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
-    out = make_checkpoint(args.out_dir, size=args.size, seed=args.seed, platform=args.platform,
-                          num_images=args.num_images, vision=args.vision, action_rows=args.action_rows)
+    geometry = {k: getattr(args, k) for k in ("vision_dim", "vision_depth", "vision_heads", "llm_dim", "llm_layers",
+                                              "llm_heads", "llm_ffn") if getattr(args, k)}
+    try:
+        out = make_checkpoint(args.out_dir, size=args.size, seed=args.seed, platform=args.platform,
+                              num_images=args.num_images, vision=args.vision, action_rows=args.action_rows,
+                              image_size=args.image_size, geometry=geometry, prune=args.prune)
+    except ValueError as e:
+        parser.error(str(e))
     print(f"wrote {args.size} {args.platform} checkpoint ({args.num_images} image(s)) to {out}")
     return 0
 

@@ -66,6 +66,14 @@ class FinetuneConfig:
     seed: int = 0
     log_every: int = 10
     save: bool = True
+    prune: str = "keep"  # on | off | keep (the checkpoint's setting): the TokenPruner in this stage
+    lr_schedule: str = "constant"  # constant | cosine (to lr * min_lr_ratio at max_steps)
+    warmup_steps: int = 0  # linear warm-up from 0 (any schedule)
+    min_lr_ratio: float = 0.1
+    save_every: int = 0  # also save (checkpoint + train_state.pt) every N steps; 0: at the end only
+    resume: bool = False  # continue from out_dir's train_state.pt (same max_steps and schedule)
+    time_budget_s: float = 0.0  # stop (and save) after this much wall time; 0: no budget
+    cache_images: bool = True  # preprocess each frame once (pixel values kept in memory)
 
 
 @dataclass
@@ -91,14 +99,33 @@ class FinetuneResult:
 
 
 # ---- batches ---------------------------------------------------------------------------------
-def collate(vla: LightVLA, samples: list[Sample], center_crop: bool = True):
+class PixelCache:
+    """Pixel values per camera frame, computed once: keyed by the frame's memory address, which is
+    stable while the episodes stay loaded (the images of a Sample are views into them)."""
+
+    def __init__(self):
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def __call__(self, images: list[np.ndarray], transform, center_crop: bool) -> torch.Tensor:
+        key = tuple((im.ctypes.data, im.shape) for im in images)
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = images_to_pixel_values(images, transform, center_crop)
+        return hit
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+
+def collate(vla: LightVLA, samples: list[Sample], center_crop: bool = True, cache: PixelCache | None = None):
     """Samples -> model inputs on the model's device, right-padded with PAD (mask 0).
 
     pixel_values (B, C, S, S), input_ids / attention_mask (B, T), proprio (B, pdim) | None,
     actions (B, chunk, dim) normalised targets.
     """
     param = next(vla.parameters())
-    pixel_values = torch.cat([images_to_pixel_values(s.images, vla.image_transform, center_crop) for s in samples])
+    pixels = cache if cache is not None else images_to_pixel_values
+    pixel_values = torch.cat([pixels(s.images, vla.image_transform, center_crop) for s in samples])
     rows = [vla.tokenizer.prompt_ids(s.instruction) + [PLACEHOLDER_TOKEN_ID] * vla.num_action_tokens
             + [STOP_TOKEN_ID] for s in samples]
     length = max(len(r) for r in rows)
@@ -148,15 +175,35 @@ def trainable_parameters(vla: LightVLA) -> list[torch.nn.Parameter]:
 
 
 # ---- training --------------------------------------------------------------------------------
-def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print) -> list[StepRecord]:
-    """Run cfg.max_steps optimizer steps (batches drawn by reshuffling the dataset per epoch)."""
+def lr_factor(step: int, cfg: FinetuneConfig) -> float:
+    """Multiplier of cfg.learning_rate at `step`: linear warm-up, then constant or cosine decay."""
+    if cfg.warmup_steps > 0 and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return 1.0
+    if cfg.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule must be constant or cosine, got {cfg.lr_schedule!r}")
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print, start_step: int = 0,
+          optimizer_state: dict | None = None, on_save=None) -> list[StepRecord]:
+    """Run optimizer steps start_step..cfg.max_steps-1 (batches drawn by reshuffling the dataset per
+    epoch), or until cfg.time_budget_s; on_save(steps_done, optimizer, history) every
+    cfg.save_every steps and when the budget stops the run."""
     if cfg.max_steps < 1 or cfg.batch_size < 1:
         raise ValueError("max_steps and batch_size must be >= 1")
     params = trainable_parameters(vla)
     if not params:
         raise ValueError("no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    rng = np.random.default_rng(cfg.seed + start_step)
+    cache = PixelCache() if cfg.cache_images else None
+    began = time.perf_counter()
     seen: dict = {}
 
     def record_lengths(module, args, output):  # pruner hook: length in and out, train or eval
@@ -171,15 +218,24 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print) 
     order: list[int] = []
     vla.train()
     try:
-        for step in range(cfg.max_steps):
+        for step in range(start_step, cfg.max_steps):
+            if cfg.time_budget_s > 0 and time.perf_counter() - began > cfg.time_budget_s:
+                if log:
+                    log(f"time budget of {cfg.time_budget_s:.0f} s used: stopping at step {step}")
+                if on_save is not None:  # resumable: the optimizer state goes with it
+                    vla.eval()
+                    on_save(step, optimizer, history)
+                break
             start = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.learning_rate * lr_factor(step, cfg)
             noise = 1 - step / cfg.max_steps if cfg.noise_schedule else None
             vla.pruner.set_noise_scale(noise)
             if len(order) < cfg.batch_size:
                 order += list(rng.permutation(len(dataset)))
             batch = [dataset[i] for i in order[:cfg.batch_size]]
             del order[:cfg.batch_size]
-            pixel_values, input_ids, attention_mask, proprio, target = collate(vla, batch, cfg.center_crop)
+            pixel_values, input_ids, attention_mask, proprio, target = collate(vla, batch, cfg.center_crop, cache)
 
             predicted = vla(pixel_values, input_ids, attention_mask, proprio=proprio)  # (B, chunk, dim)
             loss = F.l1_loss(predicted.float(), target.float())
@@ -190,15 +246,24 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print) 
             optimizer.step()
 
             rec = StepRecord(step=step, loss=float(loss.detach()), noise_scale=vla.pruner.noise_scale,
-                             grad_norm=float(grad_norm), seq_len_in=int(seen["seq_in"]),
-                             seq_len_out=int(seen["seq_out"]), pruner_training=bool(seen["training"]),
-                             kept_mean=float(vla.pruner.last_kept_counts.float().mean()),
+                             grad_norm=float(grad_norm), seq_len_in=int(seen.get("seq_in", 0)),
+                             seq_len_out=int(seen.get("seq_out", 0)), pruner_training=bool(seen.get("training")),
+                             kept_mean=float(vla.pruner.last_kept_counts.float().mean()) if vla.prune
+                             else float(vla.pruner.num_patches),
                              seconds=time.perf_counter() - start)
             history.append(rec)
             if log and (step % max(cfg.log_every, 1) == 0 or step == cfg.max_steps - 1):
-                log(f"step {step:5d}  loss {rec.loss:.4f}  noise {noise if noise is not None else 0:.3f}  "
+                recent = [r.loss for r in history[-max(cfg.log_every, 1):]]
+                log(f"step {step + 1:5d}/{cfg.max_steps}  loss {np.mean(recent):.4f}  "
+                    f"lr {optimizer.param_groups[0]['lr']:.2e}  noise {noise if noise is not None else 0:.3f}  "
                     f"grad {rec.grad_norm:.3f}  kept {rec.kept_mean:.0f}/{vla.pruner.num_patches}  "
-                    f"{rec.seconds:.2f}s")
+                    f"{rec.seconds:.2f}s/step  {time.perf_counter() - began:.0f}s")
+            if on_save is not None and cfg.save_every > 0 and (step + 1) % cfg.save_every == 0 \
+                    and step + 1 < cfg.max_steps:
+                vla.pruner.set_noise_scale(None)
+                vla.eval()
+                on_save(step + 1, optimizer, history)
+                vla.train()
     finally:
         hook.remove()
         vla.pruner.set_noise_scale(None)  # inference has no noise
@@ -241,12 +306,34 @@ def build_dataset(vla: LightVLA, episodes: list[Episode], cfg: FinetuneConfig) -
                         plat.action_dim, proprio_dim)
 
 
-def finetune(cfg: FinetuneConfig, episodes: list[Episode] | None = None, log=print) -> FinetuneResult:
-    """Load cfg.checkpoint, train on `episodes` (or cfg.data / a synthetic set), save to cfg.out_dir."""
+def log_flushed(text: str) -> None:
+    print(text, flush=True)
+
+
+TRAIN_STATE = "train_state.pt"  # optimizer state and step, beside a checkpoint saved mid-run
+
+
+def finetune(cfg: FinetuneConfig, episodes: list[Episode] | None = None, log=log_flushed) -> FinetuneResult:
+    """Load cfg.checkpoint (or, with cfg.resume, the run in cfg.out_dir), train on `episodes` (or
+    cfg.data / a synthetic set), save to cfg.out_dir (also every cfg.save_every steps)."""
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
-    vla = load_vla(cfg.checkpoint, device=str(device), dtype=dtype, unnorm_key=cfg.unnorm_key)
+    out = Path(cfg.out_dir)
+    state_path = out / TRAIN_STATE
+    start_step, optimizer_state = 0, None
+    source = cfg.checkpoint
+    if cfg.resume and state_path.is_file():
+        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        start_step, optimizer_state, source = int(state["step"]), state["optimizer"], str(out)
+        torch.set_rng_state(state["torch_rng"])
+        if log:
+            log(f"resuming {out} at step {start_step}/{cfg.max_steps}")
+    vla = load_vla(source, device=str(device), dtype=dtype, unnorm_key=cfg.unnorm_key)
+    if cfg.prune not in ("on", "off", "keep"):
+        raise ValueError(f"prune must be on, off or keep, got {cfg.prune!r}")
+    if cfg.prune != "keep":
+        vla.prune = cfg.prune == "on"  # recorded in the saved checkpoint ("lightvla.prune")
     if episodes is None:
         if cfg.data:
             episodes = load_episodes(cfg.data)
@@ -258,25 +345,46 @@ def finetune(cfg: FinetuneConfig, episodes: list[Episode] | None = None, log=pri
                                                normalization=vla.platform.normalization, seed=cfg.seed)
         else:
             raise ValueError("no data: pass episodes, cfg.data or cfg.synthetic=True")
+    if start_step and cfg.statistics == "data":
+        cfg = FinetuneConfig(**{**asdict(cfg), "statistics": "checkpoint", "unnorm_key": vla.default_unnorm_key})
     dataset = build_dataset(vla, episodes, cfg)
     peft_model = prepare_model(vla, cfg)
     if log:
         n_train = sum(p.numel() for p in trainable_parameters(vla))
         n_all = sum(p.numel() for p in vla.parameters())
         log(f"{len(dataset)} samples from {len(episodes)} episodes; training {n_train:,} of {n_all:,} "
-            f"parameters ({'LoRA' if cfg.use_lora else 'full'}) on {device} {dtype}")
-    start = time.perf_counter()
-    history = train(vla, dataset, cfg, log=log)
-    result = FinetuneResult(vla, peft_model, history, steps_per_second=len(history) / (time.perf_counter() - start))
-    if cfg.save:
-        out = Path(cfg.out_dir)
-        result.model, result.out_dir = save_finetuned(vla, out, step=cfg.max_steps, peft_model=peft_model)
-        result.peft_model = None
-        (out / "finetune_log.json").write_text(json.dumps(
-            {"config": asdict(cfg), "steps_per_second": result.steps_per_second,
-             "history": [asdict(r) for r in history]}, indent=1))
+            f"parameters ({'LoRA' if cfg.use_lora else 'full'}) on {device} {dtype}; pruner "
+            f"{'on' if vla.prune else 'off'}; lr {cfg.learning_rate:g} {cfg.lr_schedule}, warm-up {cfg.warmup_steps}")
+    history_path = out / "finetune_log.json"
+    previous = json.loads(history_path.read_text())["history"] if start_step and history_path.is_file() else []
+
+    def save(step: int, optimizer, history) -> None:
+        if cfg.use_lora:  # merging would end the run: LoRA runs save at the end only
+            return
+        save_checkpoint(vla, out, step=step)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state()},
+                   state_path)
+        history_path.write_text(json.dumps({"config": asdict(cfg), "history": previous + [asdict(r) for r in history]},
+                                           indent=1))
         if log:
-            log(f"saved {out} ({result.steps_per_second:.2f} steps/s)")
+            log(f"saved {out} at step {step}")
+
+    start = time.perf_counter()
+    history = train(vla, dataset, cfg, log=log, start_step=start_step, optimizer_state=optimizer_state,
+                    on_save=save if cfg.save else None)
+    result = FinetuneResult(vla, peft_model, history,
+                            steps_per_second=len(history) / max(time.perf_counter() - start, 1e-9))
+    if cfg.save:
+        steps_done = start_step + len(history)
+        result.model, result.out_dir = save_finetuned(vla, out, step=steps_done, peft_model=peft_model)
+        result.peft_model = None
+        if steps_done >= cfg.max_steps:
+            state_path.unlink(missing_ok=True)  # finished: nothing to resume (a budget stop left one)
+        history_path.write_text(json.dumps(
+            {"config": asdict(cfg), "steps_per_second": result.steps_per_second,
+             "history": previous + [asdict(r) for r in history]}, indent=1))
+        if log:
+            log(f"saved {out} at step {steps_done} ({result.steps_per_second:.2f} steps/s)")
     return result
 
 
@@ -308,6 +416,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=defaults.dtype)
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--log-every", type=int, default=defaults.log_every)
+    parser.add_argument("--prune", choices=["on", "off", "keep"], default=defaults.prune,
+                        help="the TokenPruner in this run (keep: the checkpoint's setting)")
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default=defaults.lr_schedule)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--min-lr-ratio", type=float, default=defaults.min_lr_ratio)
+    parser.add_argument("--save-every", type=int, default=defaults.save_every,
+                        help="also save (resumable) every N steps")
+    parser.add_argument("--resume", action="store_true", help="continue the run in OUT_DIR (train_state.pt)")
+    parser.add_argument("--time-budget", type=float, default=defaults.time_budget_s, dest="time_budget_s",
+                        help="seconds; stop and save (resumable) when used up")
+    parser.add_argument("--no-image-cache", action="store_false", dest="cache_images")
     args = parser.parse_args(argv)
     values = vars(args)
     values["data"] = values["data"] or ""

@@ -1,0 +1,105 @@
+"""The data path for learning: demos recorded as the node sees them, the training options, a
+shortened recipe run end to end (collect -> checkpoint -> two stages -> in-process evaluation)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_collected_proprio_is_what_the_node_assembles_and_matches_the_sim(tmp_path):
+    """The proprio goes through ObservationAssembler (as in the node) and equals the sim's own OFT
+    layout (eef pos, robosuite quat2axisangle, finger qpos)."""
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.train.collect import collect_episode
+    from lightvla_ros.train.dataset import load_episode, save_episode
+
+    with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=64)) as env:
+        ep, info = collect_episode(env, 3)
+        assert info["success"] and ep is not None
+        first = env.reset(3)  # robosuite: no wait steps, so step 0 is the reset state
+    assert env.num_wait_steps == 0
+    np.testing.assert_allclose(ep.proprio[0], first.proprio, atol=1e-5)
+    np.testing.assert_array_equal(ep.images[0, 0], first.images["agentview"])
+    assert ep.images.shape[1:] == (2, 64, 64, 3) and len(ep) == info["steps"]
+    assert np.all(np.diff(ep.timestamps) > 0) and np.all(np.abs(ep.actions) <= 1.0)
+    back = load_episode(save_episode(ep, tmp_path / "e.npz"))
+    np.testing.assert_array_equal(back.timestamps, ep.timestamps)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    from lightvla_ros.train.finetune import FinetuneConfig, lr_factor
+
+    cfg = FinetuneConfig(max_steps=110, warmup_steps=10, lr_schedule="cosine", min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1) and lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(10, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.55)          # half way: (1 + 0.1) / 2
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+    assert lr_factor(50, FinetuneConfig(max_steps=110)) == 1.0  # constant by default
+
+
+def test_make_checkpoint_geometry_and_image_size(tmp_path):
+    from lightvla_ros.model import load_vla
+    from lightvla_ros.model.make_checkpoint import make_checkpoint, make_config
+
+    with pytest.raises(ValueError, match="multiple of 14"):
+        make_config(image_size=100)
+    out = make_checkpoint(tmp_path / "c", vision="dinov2", image_size=84, prune=False,
+                          geometry={"vision_dim": 64, "vision_depth": 2, "vision_heads": 2, "llm_dim": 64,
+                                    "llm_layers": 1, "llm_heads": 2})
+    vla = load_vla(out, device="cpu", dtype="float32")
+    assert vla.vision_backbone.num_patches == 36 and vla.text_config.hidden_size == 64
+    assert vla.text_config.num_hidden_layers == 1 and vla.prune is False
+
+
+def test_finetune_stops_and_resumes_where_it_stopped(tmp_path, tiny_checkpoint):
+    from lightvla_ros.train import finetune as ft
+
+    cfg = ft.FinetuneConfig(checkpoint=str(tiny_checkpoint), out_dir=str(tmp_path / "run"), synthetic=True,
+                            max_steps=4, batch_size=2, save_every=2, device="cpu", dtype="float32", prune="on")
+
+    class Interrupted(Exception):
+        pass
+
+    real_train = ft.train
+
+    def train_then_die(*a, on_save=None, **kw):  # the process is killed right after the step-2 save
+        def save_and_die(step, opt, hist):
+            on_save(step, opt, hist)
+            raise Interrupted
+        return real_train(*a, on_save=save_and_die, **kw)
+
+    ft.train = train_then_die
+    try:
+        with pytest.raises(Interrupted):
+            ft.finetune(cfg, log=None)
+    finally:
+        ft.train = real_train
+    state = tmp_path / "run" / ft.TRAIN_STATE
+    assert state.is_file()
+    res = ft.finetune(ft.FinetuneConfig(**{**cfg.__dict__, "resume": True}), log=None)
+    assert [r.step for r in res.history] == [2, 3] and not state.exists()
+    log = json.loads((tmp_path / "run" / "finetune_log.json").read_text())
+    assert [r["step"] for r in log["history"]] == [0, 1, 2, 3]
+    cfgjson = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfgjson["lightvla"]["prune"] is True and cfgjson["lightvla"]["action_rows"] == "oft"
+
+
+def test_quick_recipe_lowers_the_loss_and_gives_a_loadable_checkpoint(tmp_path):
+    from lightvla_ros.policy.vla_policy import VLAPolicy
+    from lightvla_ros.train.recipe import main
+
+    out = tmp_path / "lift"
+    assert main([str(REPO / "recipes" / "lift.yaml"), "--quick", "--out", str(out)]) == 0
+    summary = json.loads((out / "recipe_summary.json").read_text())
+    assert summary["episodes"] == 1
+    first = json.loads((out / "stage1_pruner_off" / "finetune_log.json").read_text())["history"]
+    losses = [r["loss"] for r in first]
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    final = Path(summary["checkpoint"])
+    policy = VLAPolicy(final, device="cpu", dtype="float32")
+    assert policy.model.prune is True and policy.model.action_rows == "oft"
+    report = json.loads((out / "eval.json").read_text())
+    assert report["episodes"][0]["in_process"] and report["episodes"][0]["policy_steps"] > 0
