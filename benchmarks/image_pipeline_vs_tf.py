@@ -11,8 +11,8 @@ uint8 .npy (--render-quality: fast, the sim configs' setting, or full). The refe
 `resize_image_for_policy` (tf.image.encode_jpeg at its default quality, decode, resize lanczos3
 with antialias, round, clip) and `center_crop_image` (crop_and_resize, 90% area). Compared:
 "before" = PIL lanczos without JPEG and a PIL bilinear crop (this package until the action-rows
-change), "after" = lightvla_ros.model.preprocess (resize_for_policy, center_crop_image); then the
-crop alone, applied to TF's resized images.
+change), "after" = lightvla_ros.model.preprocess (resize_for_policy with model/jpeg.py,
+center_crop_image); then the crop alone, applied to TF's resized images.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def _tf_center_crop(tf, image) -> np.ndarray:
 
 
 def tf_golden(out_path: str) -> None:
-    """The small lanczos3 and center-crop fixture of test/model/test_preprocess.py."""
+    """The small JPEG, lanczos3 and center-crop fixture of test/model/test_preprocess.py."""
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
@@ -68,6 +68,13 @@ def tf_golden(out_path: str) -> None:
         r = tf.image.resize(image, (h, w), method="lanczos3", antialias=True)
         out[name] = tf.cast(tf.clip_by_value(tf.round(r), 0, 255), tf.uint8).numpy()
     out["crop"] = _tf_center_crop(tf, image)
+    for name, (h, w), quality in (("jpeg", (40, 48), 95), ("jpeg_odd", (37, 45), 95), ("jpeg_odd_q50", (37, 45), 50),
+                                  ("jpeg_tiny", (2, 3), 95)):
+        encoded = tf.image.encode_jpeg(image[:h, :w], quality=quality)
+        out[name] = tf.io.decode_image(encoded, expand_animations=False, dtype=tf.uint8).numpy()
+    decoded = tf.io.decode_image(tf.image.encode_jpeg(image), expand_animations=False, dtype=tf.uint8)
+    resized = tf.image.resize(decoded, (28, 28), method="lanczos3", antialias=True)
+    out["resize_for_policy"] = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8).numpy()
     np.savez_compressed(out_path, **out)
 
 
@@ -112,7 +119,7 @@ def compare(frames: np.ndarray, ref: dict) -> dict:
 
     def diff(a, b):
         d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-        return {"mean": round(float(d.mean()), 3), "max": int(d.max()), "frac_differing": round(float((d > 0).mean()), 4)}
+        return {"mean": round(float(d.mean()), 5), "max": int(d.max()), "frac_differing": round(float((d > 0).mean()), 5)}
 
     return {"frames": int(len(frames)), "frame_shape": list(frames.shape[1:]), "tf_version": str(ref["tf_version"]),
             "resize_before": diff(before, ref["resized"]), "resize_after": diff(after, ref["resized"]),
@@ -161,7 +168,7 @@ def main() -> int:
           "(uint8 levels: mean / max abs difference, fraction of values differing)")
     for key in ("resize_before", "resize_after", "with_crop_before", "with_crop_after", "crop_alone_after"):
         r = result[key]
-        print(f"  {key:18s} mean {r['mean']:.3f}  max {r['max']:3d}  differing {r['frac_differing']:.3f}")
+        print(f"  {key:18s} mean {r['mean']:.5f}  max {r['max']:3d}  differing {r['frac_differing']:.5f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

@@ -2,22 +2,22 @@
 
 Images follow OFT's LIBERO eval path (REFERENCE.md "LIBERO image resize"; openvla-oft
 experiments/robot/openvla_utils.py `prepare_images_for_vla`): an image not already at the model's
-size goes through a JPEG encode/decode round trip at TF's default quality (95) and a lanczos3
-resize with antialiasing (TF's kernel, in float, here in numpy), then optionally the 90%-area
-center crop (TF's crop_and_resize, in numpy); then each backbone's normalisation, from the
-checkpoint's preprocessor_config.json when it has one. The fused backbone stacks
-[DINOv2-normalised RGB, SigLIP-normalised RGB] as 6 channels. What is left of the difference to
-TF is its JPEG decoder (docs/model.md "Images").
+size goes through a JPEG encode/decode round trip at TF's default quality (95; model/jpeg.py, as
+TF's libjpeg-turbo decodes it) and a lanczos3 resize with antialiasing (TF's kernel, in float),
+then optionally the 90%-area center crop (TF's crop_and_resize); then each backbone's
+normalisation, from the checkpoint's preprocessor_config.json when it has one. All in numpy, no
+TensorFlow; equal to TF's pixels up to float rounding (docs/model.md "Images"). The fused backbone
+stacks [DINOv2-normalised RGB, SigLIP-normalised RGB] as 6 channels.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 import torch
-from PIL import Image
+
+from . import jpeg
 
 CROP_AREA = 0.9  # OFT crop_scale: fraction of the image AREA kept by the center crop
 JPEG_QUALITY = 95  # tf.image.encode_jpeg's default, used by OFT's resize_image_for_policy
@@ -46,44 +46,36 @@ class ImageTransform:
                                                      for m, s in self.norm_stats))
 
 
-def jpeg_round_trip(image: np.ndarray, quality: int = JPEG_QUALITY) -> np.ndarray:
-    """Encode and decode as JPEG (4:2:0 chroma, as tf.image.encode_jpeg's defaults): (H, W, 3) uint8.
-
-    PIL writes the same coefficients as TF at quality 95; its decoder (libjpeg ISLOW) differs from
-    TF's (INTEGER_FAST) by about one level on average (docs/model.md "Images").
-    """
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=int(quality), subsampling=2)
-    return np.asarray(Image.open(buf).convert("RGB"))
-
-
 @lru_cache(maxsize=16)
-def _lanczos3_weights(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) resampling matrix of tf.image.resize(method="lanczos3", antialias=True).
+def _lanczos3_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source indices and weights (n_out, taps) of tf.image.resize(method="lanczos3", antialias=True).
 
-    TF's scale_and_translate: pixel centres at +0.5, kernel widened by the downscale factor,
-    taps clamped to the image, weights normalised per output pixel.
+    TF's scale_and_translate: pixel centres at +0.5, kernel widened by the downscale factor, taps
+    clamped to the image, weights normalised per output pixel.
     """
     inv_scale = n_in / n_out
     kernel_scale = max(inv_scale, 1.0)
     sample = (np.arange(n_out) + 0.5) * inv_scale  # (n_out,) source coordinate of each output centre
-    src = np.arange(n_in)
-    start = np.clip(np.ceil(sample - LANCZOS_RADIUS * kernel_scale - 0.5), 0, n_in - 1)
-    end = np.clip(np.floor(sample + LANCZOS_RADIUS * kernel_scale - 0.5), 0, n_in - 1) + 1
-    x = np.abs((src[None] + 0.5 - sample[:, None]) / kernel_scale)  # (n_out, n_in)
+    start = np.clip(np.ceil(sample - LANCZOS_RADIUS * kernel_scale - 0.5), 0, n_in - 1).astype(np.int64)
+    end = np.clip(np.floor(sample + LANCZOS_RADIUS * kernel_scale - 0.5), 0, n_in - 1).astype(np.int64) + 1
+    taps = int((end - start).max())
+    src = np.minimum(start[:, None] + np.arange(taps)[None], n_in - 1)  # (n_out, taps)
+    x = np.abs((src + 0.5 - sample[:, None]) / kernel_scale)
     with np.errstate(invalid="ignore", divide="ignore"):
         k = LANCZOS_RADIUS * np.sin(np.pi * x) * np.sin(np.pi * x / LANCZOS_RADIUS) / (np.pi ** 2 * x ** 2)
     k = np.where(x <= 1e-3, 1.0, np.where(x > LANCZOS_RADIUS, 0.0, k))
-    k = k * ((src[None] >= start[:, None]) & (src[None] < end[:, None]))
-    return k / k.sum(axis=1, keepdims=True)
+    k = k * (start[:, None] + np.arange(taps)[None] < end[:, None])  # only the span's own taps
+    return src, k / k.sum(axis=1, keepdims=True)
 
 
 def lanczos3_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """(H, W, 3) uint8 -> (height, width, 3) uint8; lanczos3 with antialiasing, rounded and clipped."""
-    wy, wx = _lanczos3_weights(image.shape[0], height), _lanczos3_weights(image.shape[1], width)
-    out = np.tensordot(wy, image.astype(np.float64), axes=(1, 0))  # (height, W, 3); BLAS, not einsum's loops
-    out = np.tensordot(wx, out, axes=(1, 1)).transpose(1, 0, 2)  # (height, width, 3)
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    rows, wy = _lanczos3_taps(image.shape[0], height)
+    cols, wx = _lanczos3_taps(image.shape[1], width)
+    x = image.astype(np.float64)
+    x = np.einsum("otwc,ot->owc", x[rows], wy)  # (height, W, 3): a few taps per output, not a dense matrix
+    x = np.einsum("hotc,ot->hoc", x[:, cols], wx)  # (height, width, 3)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
 
 
 def make_square(image: np.ndarray, strategy: str, fill=(127, 127, 127)) -> np.ndarray:
@@ -112,7 +104,7 @@ def resize_for_policy(image: np.ndarray, transform: ImageTransform) -> np.ndarra
     if image.shape[:2] == (size, size):
         return image
     image = make_square(image, transform.resize_strategy, transform.letterbox_fill)
-    return lanczos3_resize(jpeg_round_trip(image), size, size)
+    return lanczos3_resize(jpeg.round_trip(image, JPEG_QUALITY), size, size)
 
 
 def center_crop_image(image: np.ndarray, area: float = CROP_AREA) -> np.ndarray:
@@ -148,7 +140,7 @@ def image_to_pixels(image: np.ndarray, transform: ImageTransform, center_crop: b
     image = resize_for_policy(np.ascontiguousarray(image), transform)
     if center_crop:
         image = center_crop_image(image)
-    x = torch.from_numpy(image.astype(np.float32) / 255.0).permute(2, 0, 1)  # (3, S, S)
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0)  # (3, S, S)
     parts = []
     for mean, std in transform.norm_stats:
         mean_t = torch.tensor(mean, dtype=torch.float32)[:, None, None]

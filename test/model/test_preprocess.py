@@ -1,4 +1,6 @@
-"""The image pipeline (OFT's resize_image_for_policy without TensorFlow) and preprocessor_config.json."""
+"""The image pipeline (OFT's resize_image_for_policy and center crop without TensorFlow) and
+preprocessor_config.json. Golden data: written by TensorFlow 2.21 with
+`benchmarks/image_pipeline_vs_tf.py --golden` (a 40 x 48 random image with a white square)."""
 import json
 import shutil
 from pathlib import Path
@@ -8,8 +10,9 @@ import pytest
 import torch
 
 from lightvla_ros.model import CheckpointError, load_vla, save_checkpoint
-from lightvla_ros.model.preprocess import (ImageTransform, center_crop_image, jpeg_round_trip, lanczos3_resize,
-                                           make_square, resize_for_policy)
+from lightvla_ros.model import jpeg
+from lightvla_ros.model.preprocess import (ImageTransform, center_crop_image, lanczos3_resize, make_square,
+                                           resize_for_policy)
 
 DATA = Path(__file__).parent / "data"
 # preprocessor_config.json of the released dinosiglip checkpoints: the processor applies
@@ -22,35 +25,38 @@ RELEASED_NORMALIZE = [
 
 @pytest.mark.parametrize("name", ["down", "up", "mixed"])
 def test_lanczos3_matches_tensorflow(name):
-    """Golden outputs of tf.image.resize(method="lanczos3", antialias=True), rounded and clipped,
-    written with TensorFlow 2.21 by `benchmarks/image_pipeline_vs_tf.py --golden`."""
+    """tf.image.resize(method="lanczos3", antialias=True), rounded and clipped."""
     ref = np.load(DATA / "tf_image_ops.npz")
     out = lanczos3_resize(ref["image"], *ref[name].shape[:2])
     diff = np.abs(out.astype(int) - ref[name].astype(int))
     assert diff.max() <= 1 and np.mean(diff > 0) < 0.01  # float rounding at .5 only
 
 
+@pytest.mark.parametrize("name,size,quality", [("jpeg", (40, 48), 95), ("jpeg_odd", (37, 45), 95),
+                                               ("jpeg_odd_q50", (37, 45), 50), ("jpeg_tiny", (2, 3), 95)])
+def test_jpeg_round_trip_matches_tensorflow(name, size, quality):
+    """tf.io.decode_image(tf.image.encode_jpeg(x, quality)): the fast-DCT decode, bit for bit
+    (odd sizes: edge padding before and after chroma downsampling; 2 columns: no fancy upsampling)."""
+    ref = np.load(DATA / "tf_image_ops.npz")
+    image = ref["image"][:size[0], :size[1]]
+    np.testing.assert_array_equal(jpeg.round_trip(image, quality), ref[name])
+
+
 def test_center_crop_matches_tensorflow():
-    """OFT's center_crop_image: tf.image.crop_and_resize of 90% of the area, back to uint8 (golden data)."""
+    """OFT's center_crop_image: tf.image.crop_and_resize of 90% of the area, back to uint8."""
     ref = np.load(DATA / "tf_image_ops.npz")
     np.testing.assert_array_equal(center_crop_image(ref["image"]), ref["crop"])
 
 
-def test_jpeg_round_trip_only_when_resizing():
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:64, 0:64]
-    picture = np.stack([xx * 4, yy * 4, (xx + yy) * 2], axis=-1).astype(np.uint8)
-    picture[20:40, 24:44] = (200, 30, 60)
-    once = jpeg_round_trip(picture)
-    assert once.shape == picture.shape and once.dtype == np.uint8
-    assert 0 < np.abs(once.astype(int) - picture).mean() < 3  # lossy at quality 95, but the same picture
-    flat = np.full((32, 32, 3), 90, np.uint8)
-    assert np.abs(jpeg_round_trip(flat).astype(int) - 90).max() <= 1
-    transform = ImageTransform(size=64)
-    assert resize_for_policy(picture, transform) is picture  # already at the size: untouched (OFT)
-    big = rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)
-    expected = lanczos3_resize(jpeg_round_trip(big), 64, 64)
-    np.testing.assert_array_equal(resize_for_policy(big, transform), expected)
+def test_resize_for_policy_matches_tensorflow_and_skips_images_at_size():
+    """OFT's resize_image_for_policy (JPEG at TF's default quality, lanczos3) for an image not at
+    the size; an image already at the size is not touched."""
+    ref = np.load(DATA / "tf_image_ops.npz")
+    out = resize_for_policy(ref["image"], ImageTransform(size=28))
+    diff = np.abs(out.astype(int) - ref["resize_for_policy"].astype(int))
+    assert diff.max() <= 1 and np.mean(diff > 0) < 0.01
+    at_size = ref["image"][:28, :28]
+    assert resize_for_policy(at_size, ImageTransform(size=28)) is at_size
 
 
 def test_resize_strategies_make_square_images():
