@@ -169,7 +169,7 @@ class LightVLA(nn.Module):
             raise ValueError(f"action rows ({self.action_rows}) fall outside the prompt + placeholders + STOP")
         if not bool(attention_mask.gather(1, text_idx).bool().all()):
             raise ValueError(f"action rows ({self.action_rows}) include padding: STOP must follow the placeholders")
-        return out_len - (text_len - 1) + (text_idx - 1)  # text id j sits at out_len - T + j
+        return out_len - text_len + text_idx  # text id j (j >= 1) sits at output row out_len - T + j
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 proprio: torch.Tensor | None = None, action_mask: torch.Tensor | None = None,
