@@ -59,6 +59,10 @@ class FinetuneConfig:
     freeze_vision_backbone: bool = False  # full fine-tuning without the ViTs (cheaper; projector still trains)
     statistics: str = "checkpoint"  # "checkpoint": the checkpoint's dataset_statistics.json; "data": recompute
     dataset_name: str = "finetune_dataset"  # unnorm_key written when statistics == "data"
+    # statistics == "data": action dims whose q99 - q01 is below this are left unnormalised (mask
+    # False), so near-constant dims (a scripted expert's tiny rotations) are not scaled up to
+    # +-1 noise that dominates the L1 loss. 0: the checkpoint's mask as is (the reference's rule).
+    min_action_range: float = 0.0
     unnorm_key: str | None = None  # which checkpoint statistics to use (default: the checkpoint's)
     center_crop: bool = True  # as predict_action's default
     device: str = "auto"
@@ -292,7 +296,12 @@ def build_dataset(vla: LightVLA, episodes: list[Episode], cfg: FinetuneConfig) -
     if cfg.statistics == "data":
         mask = vla.norm_stats[vla.resolve_unnorm_key(cfg.unnorm_key)]["action"].get("mask") \
             if vla.norm_stats else None
-        vla.norm_stats = dict(vla.norm_stats, **{cfg.dataset_name: compute_statistics(episodes, mask)})
+        stats = compute_statistics(episodes, mask)
+        if cfg.min_action_range > 0:
+            spread = np.asarray(stats["action"]["q99"]) - np.asarray(stats["action"]["q01"])
+            stats["action"]["mask"] = [bool(m and r >= cfg.min_action_range)
+                                       for m, r in zip(stats["action"]["mask"], spread)]
+        vla.norm_stats = dict(vla.norm_stats, **{cfg.dataset_name: stats})
         vla.default_unnorm_key = cfg.dataset_name
         stats = vla.norm_stats[cfg.dataset_name]
     elif cfg.statistics == "checkpoint":
@@ -410,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--freeze-vision", action="store_true", dest="freeze_vision_backbone")
     parser.add_argument("--statistics", choices=["checkpoint", "data"], default=defaults.statistics)
     parser.add_argument("--dataset-name", default=defaults.dataset_name)
+    parser.add_argument("--min-action-range", type=float, default=defaults.min_action_range,
+                        help="with --statistics data: leave action dims with q99 - q01 below this unnormalised")
     parser.add_argument("--unnorm-key", default=None)
     parser.add_argument("--no-center-crop", action="store_false", dest="center_crop")
     parser.add_argument("--device", default=defaults.device)

@@ -96,7 +96,7 @@ def run_stages(recipe: dict, start: Path, demos: Path, out: Path, log) -> Path:
 
 
 def evaluate(recipe: dict, ckpt: Path, out: Path, log) -> dict:
-    from ..eval.sim_eval import build_parser, run_eval
+    from ..eval.sim_eval import main as sim_eval_main
 
     e = recipe.get("evaluate") or {}
     c = recipe["collect"]
@@ -105,7 +105,8 @@ def evaluate(recipe: dict, ckpt: Path, out: Path, log) -> dict:
             "--camera-size", str(c.get("camera_size", 128)), "--report", str(out / "eval.json"), "--quiet"]
     if e.get("in_process", True):
         argv.append("--in-process")
-    report = run_eval(build_parser().parse_args(argv))
+    sim_eval_main(argv)
+    report = json.loads((out / "eval.json").read_text())
     eps = report["episodes"]
     ok = sum(bool(r.get("success")) for r in eps)
     log(f"[recipe] evaluation: {ok}/{len(eps)} held-out episodes succeeded ({ckpt})")
