@@ -21,6 +21,7 @@ CONSOLE_SCRIPTS = [
     ("lightvla-finetune", "lightvla_ros.train.finetune:main"),
     ("lightvla-collect", "lightvla_ros.train.collect:main"),
     ("lightvla-train-recipe", "lightvla_ros.train.recipe:main"),
+    ("lightvla-export", "lightvla_ros.model.make_checkpoint:export_main"),
 ]
 
 setup(

@@ -295,7 +295,12 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
     expected = vla.state_dict()
     heads = ("action_head.", "proprio_projector.")
     backbone_expected = {k: v for k, v in expected.items() if not k.startswith(heads)}
+    trimmed = block.get("lm_head") == "trimmed"  # a compact export: the L1 head never reads lm_head
+    if trimmed:
+        backbone_expected.pop(LM_HEAD_KEY)
     state = _load_shards(ckpt, backbone_expected, device, dtype)
+    if trimmed:
+        state[LM_HEAD_KEY] = torch.zeros(tuple(expected[LM_HEAD_KEY].shape), device=device, dtype=dtype)
     state.update(_load_head(head_file, "action_head", expected, device, dtype))
     if proprio_file is not None:
         state.update(_load_head(proprio_file, "proprio_projector", expected, device, dtype))
@@ -317,6 +322,20 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
     if compile:
         vla.enable_compile()
     return vla
+
+
+LM_HEAD_KEY = "language_model.lm_head.weight"
+
+
+def export_compact(checkpoint_dir, out_dir, dtype: str = "float16", trim_lm_head: bool = True) -> Path:
+    """A smaller copy for shipping: weights stored in `dtype` and, with trim_lm_head, without the
+    LLM's output table (the L1 action head reads hidden states, never logits; load_vla puts zeros
+    there, recorded as "lightvla.lm_head": "trimmed"). Everything else is the released layout."""
+    vla = load_vla(checkpoint_dir, device="cpu", dtype="float32")
+    vla.to(getattr(torch, dtype))
+    if trim_lm_head:
+        vla.config = dict(vla.config, lightvla=dict(vla.config.get("lightvla", {}), lm_head="trimmed"))
+    return save_checkpoint(vla, out_dir, step=vla.checkpoint_step, skip=(LM_HEAD_KEY,) if trim_lm_head else ())
 
 
 def _materialize_buffers(vla: LightVLA, device: torch.device) -> None:
@@ -348,13 +367,13 @@ def _config_for_save(vla: LightVLA) -> dict:
 
 
 def save_checkpoint(vla: LightVLA, out_dir, step: int = 0, max_shard_bytes: int = 5 * 10**9,
-                    min_shards: int = 2) -> Path:
+                    min_shards: int = 2, skip: tuple[str, ...] = ()) -> Path:
     """Write `vla` in the released layout (reloads with load_vla). Tensors keep their dtype."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     heads = ("action_head.", "proprio_projector.")
     state = {module_to_released_key(k): v.detach().contiguous().cpu()
-             for k, v in vla.state_dict().items() if not k.startswith(heads)}
+             for k, v in vla.state_dict().items() if not k.startswith(heads) and k not in skip}
     total = sum(v.numel() * v.element_size() for v in state.values())
     limit = min(max_shard_bytes, math.ceil(total / min_shards))
     shards: list[dict] = [{}]

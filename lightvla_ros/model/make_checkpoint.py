@@ -11,6 +11,7 @@ are meaningless, but every shape, file and code path is the real one.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +216,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    """lightvla-export SRC DST [--dtype float16] [--keep-lm-head]: a compact copy for shipping."""
+    from .checkpoint import export_compact
+    from .errors import CheckpointError
+
+    parser = argparse.ArgumentParser(prog="lightvla-export", description=export_main.__doc__)
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--keep-lm-head", action="store_true", help="keep the LLM output table (unused by the L1 head)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_compact(args.src, args.dst, dtype=args.dtype, trim_lm_head=not args.keep_lm_head)
+    except (CheckpointError, OSError) as e:
+        print(f"lightvla-export: {e}", file=sys.stderr)
+        return 2
+    size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB, {args.dtype}{'' if args.keep_lm_head else ', lm_head trimmed'})")
+    return 0
