@@ -20,6 +20,7 @@ CONSOLE_SCRIPTS = [
     ("lightvla-make-checkpoint", "lightvla_ros.model.make_checkpoint:main"),
     ("lightvla-finetune", "lightvla_ros.train.finetune:main"),
     ("lightvla-collect", "lightvla_ros.train.collect:main"),
+    ("lightvla-dataset", "lightvla_ros.train.from_bags:main"),
     ("lightvla-train-recipe", "lightvla_ros.train.recipe:main"),
     ("lightvla-export", "lightvla_ros.model.make_checkpoint:export_main"),
 ]
