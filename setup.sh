@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One command on a fresh machine: install everything into .venv/, then run the main job,
-# a closed-loop LIBERO episode over ROS 2 with the default generated tiny checkpoint (CPU).
+# One command on a fresh machine: install everything into .venv/, then run the main job: the
+# shipped LightVLA trained here (checkpoints/lightvla-lift, pruning on) in closed loop over ROS 2
+# on robosuite Lift, 3 held-out seeds, on CPU; the success rate is printed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
 bash scripts/install.sh
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
 exec .venv/bin/lightvla-sim-eval \
-  --checkpoint data/checkpoints/lightvla-tiny \
-  --suite libero_object --tasks 0 --init-states 0 --max-steps 40 \
+  --checkpoint checkpoints/lightvla-lift \
+  --suite robosuite --tasks Lift --init-states 0-2 --camera-size 128 \
   --report out/main_job_report.json "$@"

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--suite", default="libero_object",
                     help="libero_spatial|libero_object|libero_goal|libero_10|libero_90|robosuite")
     ap.add_argument("--tasks", default="0", help="comma-separated task indices or names (robosuite: Lift,...)")
-    ap.add_argument("--init-states", default="0", help="comma-separated init-state indices (robosuite: seeds)")
+    ap.add_argument("--init-states", default="0", help="init-state indices, e.g. 0,3 or 0-19 (robosuite: seeds)")
     ap.add_argument("--max-steps", type=int, default=0, help="policy steps per episode; 0 = the suite's protocol")
     ap.add_argument("--report", default="out/sim_eval_report.json")
     ap.add_argument("--workers", type=int, default=1, help="parallel workers, each with its own ROS domain")
@@ -89,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def episode_list(args) -> list[dict]:
     tasks = parse_list(args.tasks)
-    inits = [int(x) for x in parse_list(args.init_states)]
+    from lightvla_ros.train.collect import parse_indices
+
+    inits = parse_indices(args.init_states)  # "0-19,25"
     if not tasks or not inits:
         raise SystemExit("--tasks and --init-states must name at least one each")
     return [{"task": t, "init_state_index": i} for t in tasks for i in inits]
