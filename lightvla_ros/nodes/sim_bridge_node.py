@@ -24,6 +24,7 @@ wall clock and applies the newest action that arrived during the period. A step 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
 import queue
@@ -166,6 +167,10 @@ class SimBridgeNode(Node):
         self._sim_ns = self.control_period_ns  # lock-step sim time, monotonic across episodes
         self._env = None
         self._env_key = None
+        # One thread owns the simulator: MuJoCo's offscreen GL (EGL) context is current only in the
+        # thread that created it. Episodes used to run on whichever executor thread took the service
+        # call, so an episode on another thread than the first one rendered black frames.
+        self._sim_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sim")
         self._episode_lock = threading.Lock()
         self._running = False
         self._stats = EpisodeStats()
@@ -239,6 +244,12 @@ class SimBridgeNode(Node):
         self._on_run_episode(req, RunEpisode.Response())
 
     def _on_run_episode(self, req: RunEpisode.Request, res: RunEpisode.Response) -> RunEpisode.Response:
+        """The service: the episode runs on the simulator's own thread; this callback waits for it."""
+        if self._episode_lock.locked():
+            return self._reject(res, "an episode is already running; wait for its EpisodeResult")
+        return self._sim_thread.submit(self._episode, req, res).result()
+
+    def _episode(self, req: RunEpisode.Request, res: RunEpisode.Response) -> RunEpisode.Response:
         if not self._episode_lock.acquire(blocking=False):
             return self._reject(res, "an episode is already running; wait for its EpisodeResult")
         try:
@@ -499,9 +510,15 @@ class SimBridgeNode(Node):
         self.diag_pub.publish(arr)
 
     def destroy_node(self):
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        def close():
+            if self._env is not None:
+                self._env.close()
+                self._env = None
+        try:
+            self._sim_thread.submit(close).result(timeout=10.0)
+        except Exception:  # noqa: BLE001  (shutting down: the sim thread may still be mid-episode)
+            pass
+        self._sim_thread.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 
 

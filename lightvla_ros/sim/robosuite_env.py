@@ -42,6 +42,10 @@ class RobosuiteEnv(SimEnv):
         self._instruction = INSTRUCTIONS[self._task_name]
         self._max_steps = MAX_STEPS[self._task_name]
         size = config.camera_size
+        # robosuite draws model properties from numpy's global RNG while it builds the model (Lift's
+        # cube size is uniform in [0.020, 0.022] m): seed it, or every process (the collector, the
+        # sim bridge, an in-process evaluation) gets its own cube and the same seed is not the same scene
+        np.random.seed(np.random.SeedSequence([config.seed, 0x5EED]).generate_state(1)[0])
         self._env = robosuite.make(
             self._task_name, robots="Panda",
             controller_configs=robosuite.load_controller_config(default_controller="OSC_POSE"),

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "checkpoints" / "lightvla-lift"
 BIN = Path(sys.executable).parent
 SEEDS = list(range(10))  # held out (training used 500-639)
-MIN_SUCCESS = 5          # of 10: measured 7/10 (12/20 on seeds 0-19) at shipping (docs/training.md)
+MIN_SUCCESS = 5          # of 10: measured 7/10 (12/20 on seeds 0-19, in-process and over ROS alike) at shipping
 
 
 def test_shipped_checkpoint_is_compact_and_pruned():
@@ -49,15 +49,17 @@ def test_shipped_checkpoint_succeeds_in_process_on_held_out_seeds():
 
 
 def test_shipped_checkpoint_succeeds_over_ros(tmp_path):
-    """The deployed path: sim bridge + policy node over DDS, lock-step (held-out seed 1, which
-    succeeds in-process: the two paths see the same observations and run the same chunks)."""
+    """The deployed path: sim bridge + policy node over DDS, lock-step, two episodes in one bridge
+    (held-out seeds 1 and 2, which succeed in-process: both paths see the same observations and
+    run the same chunks). Before the bridge kept its simulator on one thread, an episode served
+    by another executor thread than the first rendered black frames and failed."""
     report = tmp_path / "report.json"
     cmd = [str(BIN / "lightvla-sim-eval"), "--checkpoint", str(SHIPPED), "--suite", "robosuite", "--tasks", "Lift",
-           "--init-states", "1", "--camera-size", "128", "--report", str(report), "--quiet",
+           "--init-states", "1,2", "--camera-size", "128", "--report", str(report), "--quiet",
            "--log-dir", str(tmp_path / "logs")]
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert report.is_file(), f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    ep = json.loads(report.read_text())["episodes"][0]
-    assert ep["success"] and ep["dropped_steps"] == 0, ep
-    assert ep["kept_tokens"] and max(ep["kept_tokens"]) < max(ep["total_tokens"])
+    for ep in json.loads(report.read_text())["episodes"]:
+        assert ep["success"] and ep["dropped_steps"] == 0, ep
+        assert ep["kept_tokens"] and max(ep["kept_tokens"]) < max(ep["total_tokens"])

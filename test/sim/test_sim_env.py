@@ -167,3 +167,16 @@ def test_cameras_off_has_no_images():
         assert obs.images == {} and env.camera_names == []
         obs, _ = env.step(NOOP_ACTION)
         assert obs.proprio.shape == (8,)
+
+
+def test_robosuite_scene_is_the_same_in_every_process():
+    """robosuite draws Lift's cube size from numpy's global RNG while building the model: before the
+    seed, the collector, the sim bridge and an in-process evaluation each had their own cube."""
+    import numpy as np
+
+    images = []
+    for noise in (1, 2):
+        np.random.seed(noise)  # whatever the process did before
+        with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=64)) as env:
+            images.append(env.reset(5).images["agentview"])
+    np.testing.assert_array_equal(images[0], images[1])
