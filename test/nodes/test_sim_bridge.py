@@ -101,7 +101,7 @@ def test_bridge_lock_step_and_bad_input(tmp_path):
             assert res.accepted, res.message
             r = res.result
             assert r.task_name == "Lift" and r.init_state_index == 1 and not r.success
-            assert r.steps == 10 + 6  # protocol wait steps + policy steps
+            assert r.steps == 0 + 6  # protocol wait steps (robosuite: none, SimEnv.num_wait_steps) + policy steps
             assert probe.spin_until(lambda: stats, 10)
             s = stats[-1]
             assert s["policy_steps"] == 6 and s["actions_applied"] == 6
