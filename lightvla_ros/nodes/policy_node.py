@@ -457,6 +457,8 @@ class PolicyNode(Node):
             with self._lock:
                 self._report(self.bad_input, "empty_instruction", f"empty instruction from the {source} ignored")
             return False, "empty instruction ignored; the previous one stays"
+        if text == self.assembler.instruction:  # both instruction subscriptions deliver it: checked once
+            return True, f"instruction set: '{shorten(text)}'"
         problem = self._instruction_problem(text)
         if problem:
             with self._lock:
@@ -562,9 +564,9 @@ class PolicyNode(Node):
         self._report(self.safety, kind + "s", f"no action for the step at t={step_time:.3f}: the step at "
                                               f"t={newest:.3f} was already begun ({why})")
 
-    def _mark_good(self) -> None:
+    def _mark_good(self) -> float | None:
         """An observation assembled (lock held): it stays usable until its oldest input (stamp or
-        arrival, cameras and proprio alike) is max_observation_age old."""
+        arrival, cameras and proprio alike) is max_observation_age old. Returns that oldest time."""
         since = self.assembler.fresh_since()
         if since is not None:
             self._last_good_obs = max(since, self._last_good_obs if self._last_good_obs is not None else since)
@@ -572,6 +574,7 @@ class PolicyNode(Node):
             self._fresh = True
             if self.safety["stalls"]:
                 self.get_logger().info("observations resumed")
+        return since
 
     def _maybe_request(self, now: float, count_rejection: bool, obs=None) -> None:
         """Hand an observation to the worker if the scheduler wants a chunk (lock held)."""
@@ -583,11 +586,10 @@ class PolicyNode(Node):
             if count_rejection:
                 self._report(self.rejected, obs.reason, obs.message)
             return
-        self._mark_good()
+        since = self._mark_good()
         if obs.stamp <= self._obs_after:  # from before the last step / reset: wait for a newer one
             return
         self.scheduler.inference_started(now)
-        since = self.assembler.fresh_since()
         self._job = (obs, self._epoch, time.monotonic(), obs.stamp if since is None else since)
         self._job_cv.notify()
 
