@@ -33,6 +33,7 @@ from std_srvs.srv import Trigger
 
 from lightvla_interfaces.msg import ActionChunk
 from lightvla_ros.policy.chunking import make_scheduler
+from lightvla_ros.policy.clock import to_ns, to_sec
 from lightvla_ros.ros.spin import spin_node
 
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -74,7 +75,7 @@ class ExpertPolicyNode(Node):
         chunk_topic = p("chunk_topic", "/lightvla/action_chunk").value
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        self.sched = make_scheduler(self.execution_mode, self.chunk_size, 7, 1.0 / self.control_rate_hz)
+        self.sched = make_scheduler(self.execution_mode, self.chunk_size, 7, to_ns(1.0 / self.control_rate_hz))
         self._lock = threading.Lock()
         self._expert = None
         self._episode_id = None
@@ -101,7 +102,7 @@ class ExpertPolicyNode(Node):
     def _on_observation(self, msg: String) -> None:
         try:
             d = json.loads(msg.data)
-            now = d["stamp_ns"] / 1e9
+            now = int(d["stamp_ns"])
             obs = sim_observation(d)
             if d["episode_id"] != self._episode_id:  # a new episode: a fresh plan
                 self._expert = self._expert_for(d, obs)
@@ -116,7 +117,7 @@ class ExpertPolicyNode(Node):
                 self._publish(self.chunk_pub, actions, d["stamp_ns"], time.perf_counter() - t0)
             action = self.sched.next_action(now)
             if action is None:
-                self.get_logger().warning(f"no action for step {now:.3f}", throttle_duration_sec=2.0)
+                self.get_logger().warning(f"no action for step {to_sec(now):.3f}", throttle_duration_sec=2.0)
                 return
             self._publish(self.action_pub, action[None], d["stamp_ns"], 0.0)
         except Exception as e:  # noqa: BLE001  (one bad message must not stop the expert)

@@ -49,6 +49,7 @@ from lightvla_interfaces.srv import RunEpisode
 # numpy only. Never import the model (timm/torchvision) here: importing timm after MuJoCo made its
 # EGL context segfaults the next render (measured), and the bridge has no use for it.
 from lightvla_ros.policy.chunking import make_scheduler
+from lightvla_ros.policy.clock import to_ns
 from lightvla_ros.policy.gripper import libero_gripper_postprocess
 from lightvla_ros.ros.spin import spin_node
 
@@ -392,7 +393,7 @@ class SimBridgeNode(Node):
         """The action meant for step t: stamp == t (step input), or the next one of a chunk stamped t."""
         s = self._stats
         if self.action_input == "chunk" and self._sched is not None:
-            a = self._sched.next_action(t_ns / 1e9)
+            a = self._sched.next_action(t_ns)
             if a is not None:  # the current chunk still covers this step
                 s.step_latency.append(0.0)
                 return a
@@ -424,8 +425,8 @@ class SimBridgeNode(Node):
                 continue
             s.step_latency.append(time.monotonic() - t0)
             if self.action_input == "chunk":
-                self._add_chunk(actions, t_ns / 1e9, t_ns / 1e9)
-                return self._sched.next_action(t_ns / 1e9)
+                self._add_chunk(actions, t_ns, t_ns)
+                return self._sched.next_action(t_ns)
             return actions[0]
         return None
 
@@ -441,18 +442,18 @@ class SimBridgeNode(Node):
             except queue.Empty:
                 break
             if self.action_input == "chunk":
-                self._add_chunk(actions, stamp / 1e9, self.get_clock().now().nanoseconds / 1e9)
+                self._add_chunk(actions, stamp, self.get_clock().now().nanoseconds)
             else:
                 newest = actions[0]
                 s.step_latency.append(time.monotonic() - t0)
         if self.action_input == "chunk" and self._sched is not None:
-            return self._sched.next_action(self.get_clock().now().nanoseconds / 1e9)
+            return self._sched.next_action(self.get_clock().now().nanoseconds)
         return newest
 
-    def _add_chunk(self, actions: np.ndarray, obs_stamp: float, now: float) -> None:
+    def _add_chunk(self, actions: np.ndarray, obs_stamp: int, now: int) -> None:
         """Executes chunks with the policy node's own scheduler (lightvla_ros.policy.chunking)."""
         if self._sched is None or self._sched.chunk_size != len(actions):
-            self._sched = make_scheduler(self.chunk_execution, len(actions), ACTION_DIM, 1.0 / self.control_rate_hz)
+            self._sched = make_scheduler(self.chunk_execution, len(actions), ACTION_DIM, to_ns(1.0 / self.control_rate_hz))
         self._sched.add_chunk(actions, obs_stamp, now)
 
     def _hold_action(self, obs) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Action-chunk execution: which action runs at each control step. No ROS; time is passed in.
+"""Action-chunk execution: which action runs at each control step. No ROS; time is passed in, as
+integer nanoseconds (policy/clock.py), the control period too.
 
 The caller (policy node, sim runner, bag replay) drives a scheduler with its own clock:
 
@@ -20,9 +21,9 @@ with nothing to execute once the first chunk has arrived; a "pause" is a run of 
 """
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
+from operator import index
 from typing import Sequence
 
 import numpy as np
@@ -45,15 +46,15 @@ class ChunkScheduler:
 
     name = "base"
 
-    def __init__(self, chunk_size: int, action_dim: int, control_period: float, latency_window: int = 5):
+    def __init__(self, chunk_size: int, action_dim: int, control_period: int, latency_window: int = 5):
         if chunk_size < 1 or action_dim < 1:
             raise ValueError(f"chunk_size and action_dim must be >= 1, got {chunk_size}, {action_dim}")
         if not control_period > 0:
-            raise ValueError(f"control_period must be > 0 s, got {control_period}")
+            raise ValueError(f"control_period must be > 0 ns, got {control_period}")
         self.chunk_size = int(chunk_size)
         self.action_dim = int(action_dim)
-        self.control_period = float(control_period)
-        self._latencies: deque[float] = deque(maxlen=latency_window)
+        self.control_period = index(control_period)
+        self._latencies: deque[int] = deque(maxlen=latency_window)
         self.stats = SchedulerStats()
         self.reset()
 
@@ -61,11 +62,11 @@ class ChunkScheduler:
     def reset(self) -> None:
         """Forget queued actions and any request in flight (stats and latency estimate are kept)."""
         self._in_flight = False
-        self._requested_at: float | None = None
+        self._requested_at: int | None = None
         self._started = False          # a chunk has arrived since the last reset
         self._in_pause = False
         self._step_index = 0           # index of the next step to execute
-        self._step_times: deque[float] = deque(maxlen=4096)
+        self._step_times: deque[int] = deque(maxlen=4096)
         self._reset_queue()
 
     def _reset_queue(self) -> None:
@@ -76,8 +77,8 @@ class ChunkScheduler:
         return self._in_flight
 
     @property
-    def latency_estimate(self) -> float | None:
-        """Seconds from request to chunk; the max of the last few, so jitter does not cause pauses."""
+    def latency_estimate(self) -> int | None:
+        """Nanoseconds from request to chunk; the max of the last few, so jitter does not cause pauses."""
         return max(self._latencies) if self._latencies else None
 
     @property
@@ -86,34 +87,34 @@ class ChunkScheduler:
         raise NotImplementedError
 
     # --- inference requests ---
-    def wants_inference(self, now: float) -> bool:
+    def wants_inference(self, now: int) -> bool:
         return not self._in_flight and self._wants(now)
 
-    def inference_started(self, now: float) -> None:
+    def inference_started(self, now: int) -> None:
         self._in_flight = True
-        self._requested_at = float(now)
+        self._requested_at = index(now)
 
-    def inference_failed(self, now: float) -> None:
+    def inference_failed(self, now: int) -> None:
         """The request came back without a chunk (rejected, error): allow a new one."""
         self._in_flight = False
         self._requested_at = None
 
-    def add_chunk(self, actions: np.ndarray, obs_stamp: float, now: float) -> None:
+    def add_chunk(self, actions: np.ndarray, obs_stamp: int, now: int) -> None:
         """actions: (T, action_dim), step 0 meant for the time of the observation `obs_stamp`."""
         actions = np.asarray(actions, dtype=np.float32)
         if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] != self.action_dim:
             raise ValueError(f"chunk must be (T>=1, {self.action_dim}), got {actions.shape}")
-        start = self._requested_at if self._requested_at is not None else float(obs_stamp)
-        self._latencies.append(max(0.0, float(now) - start))
+        start = self._requested_at if self._requested_at is not None else index(obs_stamp)
+        self._latencies.append(max(0, index(now) - start))
         self._in_flight = False
         self._requested_at = None
         self._started = True
         self.stats.chunks += 1
-        self._accept(actions, float(obs_stamp), float(now))
+        self._accept(actions, index(obs_stamp), index(now))
 
-    def steps_since(self, obs_stamp: float) -> int:
+    def steps_since(self, obs_stamp: int) -> int:
         """Executed steps that fall at or after the observation (within half a period)."""
-        limit = obs_stamp - 0.5 * self.control_period
+        limit = obs_stamp - self.control_period // 2
         n = 0
         for t in reversed(self._step_times):
             if t < limit:
@@ -122,9 +123,9 @@ class ChunkScheduler:
         return n
 
     # --- stepping ---
-    def next_action(self, now: float) -> np.ndarray | None:
+    def next_action(self, now: int) -> np.ndarray | None:
         """The action for the control step at `now`, (action_dim,) float32, or None (nothing queued)."""
-        action = self._pop(float(now))
+        action = self._pop(index(now))
         if action is None:
             if self._started:
                 self.stats.missed_steps += 1
@@ -134,18 +135,18 @@ class ChunkScheduler:
             return None
         self._in_pause = False
         self.stats.steps += 1
-        self._step_times.append(float(now))
+        self._step_times.append(index(now))
         self._step_index += 1
         return np.array(action, dtype=np.float32, copy=True)
 
     # --- per scheduler ---
-    def _wants(self, now: float) -> bool:
+    def _wants(self, now: int) -> bool:
         raise NotImplementedError
 
-    def _accept(self, actions: np.ndarray, obs_stamp: float, now: float) -> None:
+    def _accept(self, actions: np.ndarray, obs_stamp: int, now: int) -> None:
         raise NotImplementedError
 
-    def _pop(self, now: float) -> np.ndarray | None:
+    def _pop(self, now: int) -> np.ndarray | None:
         raise NotImplementedError
 
 
@@ -154,7 +155,7 @@ class OpenLoopScheduler(ChunkScheduler):
 
     name = "open_loop"
 
-    def __init__(self, chunk_size: int, action_dim: int, control_period: float, steps: int | None = None, **kw):
+    def __init__(self, chunk_size: int, action_dim: int, control_period: int, steps: int | None = None, **kw):
         self.steps_per_chunk = int(steps) if steps else int(chunk_size)
         if not 1 <= self.steps_per_chunk <= chunk_size:
             raise ValueError(f"open_loop steps must be in [1, {chunk_size}], got {steps}")
@@ -167,14 +168,14 @@ class OpenLoopScheduler(ChunkScheduler):
     def queued_steps(self) -> int:
         return len(self._queue)
 
-    def _wants(self, now: float) -> bool:
+    def _wants(self, now: int) -> bool:
         return not self._queue
 
-    def _accept(self, actions: np.ndarray, obs_stamp: float, now: float) -> None:
+    def _accept(self, actions: np.ndarray, obs_stamp: int, now: int) -> None:
         # The robot waited for this chunk, so step 0 is still the right first action.
         self._queue = deque(actions[: self.steps_per_chunk])
 
-    def _pop(self, now: float) -> np.ndarray | None:
+    def _pop(self, now: int) -> np.ndarray | None:
         return self._queue.popleft() if self._queue else None
 
 
@@ -200,7 +201,7 @@ class AsyncScheduler(ChunkScheduler):
 
     name = "async"
 
-    def __init__(self, chunk_size: int, action_dim: int, control_period: float,
+    def __init__(self, chunk_size: int, action_dim: int, control_period: int,
                  blend: str | Sequence[float] = "linear", latency_margin_steps: int = 1,
                  delay_compensation: bool = True, **kw):
         self.blend = blend
@@ -219,13 +220,13 @@ class AsyncScheduler(ChunkScheduler):
 
     def lead_steps(self) -> int:
         """Request when this many steps (or fewer) are left: latency in steps plus a margin."""
-        lat = self.latency_estimate or 0.0
-        return int(math.ceil(lat / self.control_period - 1e-9)) + self.latency_margin_steps
+        lat = self.latency_estimate or 0
+        return -(-lat // self.control_period) + self.latency_margin_steps  # ceil, exact in integers
 
-    def _wants(self, now: float) -> bool:
+    def _wants(self, now: int) -> bool:
         return len(self._queue) <= self.lead_steps()
 
-    def _accept(self, actions: np.ndarray, obs_stamp: float, now: float) -> None:
+    def _accept(self, actions: np.ndarray, obs_stamp: int, now: int) -> None:
         drop = self.steps_since(obs_stamp) if self.delay_compensation else 0
         if drop >= actions.shape[0]:  # the whole chunk is in the past: keep executing the old one
             self.stats.discarded_chunks += 1
@@ -241,7 +242,7 @@ class AsyncScheduler(ChunkScheduler):
         self.last_blend_weights = w[:, 0].copy()
         self._queue = list(merged) + list(tail)
 
-    def _pop(self, now: float) -> np.ndarray | None:
+    def _pop(self, now: int) -> np.ndarray | None:
         return self._queue.pop(0) if self._queue else None
 
 
@@ -250,7 +251,7 @@ class TemporalEnsembleScheduler(ChunkScheduler):
 
     name = "temporal_ensemble"
 
-    def __init__(self, chunk_size: int, action_dim: int, control_period: float, m: float = 0.01,
+    def __init__(self, chunk_size: int, action_dim: int, control_period: int, m: float = 0.01,
                  query_every: int = 1, **kw):
         if not m >= 0:
             raise ValueError(f"ensemble m must be >= 0, got {m}")
@@ -268,23 +269,23 @@ class TemporalEnsembleScheduler(ChunkScheduler):
         k = self._step_index
         return max((s + len(a) - k for s, a in self._chunks), default=0)
 
-    def inference_started(self, now: float) -> None:
+    def inference_started(self, now: int) -> None:
         super().inference_started(now)
         self._last_request_step = self._step_index
 
-    def _wants(self, now: float) -> bool:
+    def _wants(self, now: int) -> bool:
         if self._last_request_step is None or self.queued_steps == 0:
             return True
         return self._step_index - self._last_request_step >= self.query_every
 
-    def _accept(self, actions: np.ndarray, obs_stamp: float, now: float) -> None:
+    def _accept(self, actions: np.ndarray, obs_stamp: int, now: int) -> None:
         start = self._step_index - self.steps_since(obs_stamp)
         if start + actions.shape[0] <= self._step_index:
             self.stats.discarded_chunks += 1
             return
         self._chunks.append((start, actions))
 
-    def _pop(self, now: float) -> np.ndarray | None:
+    def _pop(self, now: int) -> np.ndarray | None:
         k = self._step_index
         self._chunks = [(s, a) for s, a in self._chunks if s + len(a) > k]  # drop chunks that ended
         rows = [a[k - s] for s, a in self._chunks if s <= k]                 # oldest first
@@ -296,7 +297,7 @@ class TemporalEnsembleScheduler(ChunkScheduler):
         return (w[:, None] * np.stack(rows).astype(np.float64)).sum(axis=0).astype(np.float32)
 
 
-def make_scheduler(name: str, chunk_size: int, action_dim: int, control_period: float, *,
+def make_scheduler(name: str, chunk_size: int, action_dim: int, control_period: int, *,
                    open_loop_steps: int | None = None, blend: str | Sequence[float] = "linear",
                    latency_margin_steps: int = 1, delay_compensation: bool = True,
                    ensemble_m: float = 0.01, query_every: int = 1) -> ChunkScheduler:

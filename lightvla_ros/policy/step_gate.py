@@ -1,4 +1,5 @@
-"""Which control step may still get an action: each step at most once, in time order. No ROS; time passed in.
+"""Which control step may still get an action: each step at most once, in time order. No ROS; time
+(integer nanoseconds, policy/clock.py) is passed in, so "the same step" is an exact comparison.
 
 Two paths hand out per-step actions in the policy node: the step timer (the step at `now`) and, in
 lock-step simulation, the arrival of a chunk (the step the timer found with nothing queued). Both ask
@@ -21,8 +22,6 @@ from typing import Callable, Generic, TypeVar
 
 A = TypeVar("A")
 
-SAME_STEP = 1e-6  # s: stamps closer than this are one step (float seconds from integer nanoseconds)
-
 
 @dataclass
 class StepGateStats:
@@ -32,15 +31,15 @@ class StepGateStats:
 
 
 class StepGate(Generic[A]):
-    def __init__(self, on_refused: Callable[[str, float, float], None] | None = None):
+    def __init__(self, on_refused: Callable[[str, int, int], None] | None = None):
         self._lock = threading.Lock()
         self.on_refused = on_refused      # (kind, step_time, newest) for logging; called under the lock
         self.stats = StepGateStats()
-        self.newest: float | None = None  # the newest step begun (served or waiting): monotonic
-        self.pending: float | None = None  # that step, if it found nothing to execute
-        self.last_served: float | None = None
+        self.newest: int | None = None  # the newest step begun (served or waiting): monotonic
+        self.pending: int | None = None  # that step, if it found nothing to execute
+        self.last_served: int | None = None
 
-    def serve(self, step_time: float, pop: Callable[[], A | None]) -> A | None:
+    def serve(self, step_time: int, pop: Callable[[], A | None]) -> A | None:
         """Begin the step at `step_time`: its action from pop(), or None (refused, or nothing: it waits)."""
         with self._lock:
             if not self._is_new(step_time):
@@ -52,12 +51,12 @@ class StepGate(Generic[A]):
                 self._served(step_time)
             return action
 
-    def serve_pending(self, now: float, max_delay: float, pop: Callable[[], A | None]) -> tuple[float, A] | None:
-        """The waiting step and its action, if it is still the newest step and less than max_delay s old
+    def serve_pending(self, now: int, max_delay: int, pop: Callable[[], A | None]) -> tuple[int, A] | None:
+        """The waiting step and its action, if it is still the newest step and less than max_delay old
         (a control period: once the next step is due, this one has passed and is never served)."""
         with self._lock:
             step = self.pending
-            if step is None or step != self.newest or not -SAME_STEP <= now - step < max_delay - SAME_STEP:
+            if step is None or step != self.newest or not 0 <= now - step < max_delay:
                 return None
             action = pop()
             if action is None:
@@ -71,17 +70,17 @@ class StepGate(Generic[A]):
         with self._lock:
             self.pending = None
 
-    def rebase(self, now: float) -> None:
+    def rebase(self, now: int) -> None:
         """A new episode: if the clock is behind the newest step (a restarted sim), start time over."""
         with self._lock:
             self.pending = None
-            if self.newest is not None and now < self.newest - SAME_STEP:
+            if self.newest is not None and now < self.newest:
                 self.newest = self.last_served = None
 
-    def _is_new(self, step_time: float) -> bool:
-        if self.newest is None or step_time > self.newest + SAME_STEP:
+    def _is_new(self, step_time: int) -> bool:
+        if self.newest is None or step_time > self.newest:
             return True
-        kind = "duplicate_step" if step_time >= self.newest - SAME_STEP else "old_step"
+        kind = "duplicate_step" if step_time == self.newest else "old_step"
         if kind == "duplicate_step":
             self.stats.duplicate_steps += 1
         else:
@@ -90,6 +89,6 @@ class StepGate(Generic[A]):
             self.on_refused(kind, step_time, self.newest)
         return False
 
-    def _served(self, step_time: float) -> None:
+    def _served(self, step_time: int) -> None:
         self.last_served = step_time
         self.stats.served += 1

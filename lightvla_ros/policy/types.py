@@ -13,7 +13,7 @@ class Observation:
     images: list[np.ndarray]          # per camera, (H, W, 3) uint8 RGB, in the configured camera order
     instruction: str                  # natural-language task, e.g. "pick up the alphabet soup"
     proprio: np.ndarray | None = None  # (proprio_dim,) float32, raw units (normalised inside the policy)
-    stamp: float = 0.0                # seconds; time the observation was taken (oldest camera stamp)
+    stamp: int = 0                    # integer ns; time the observation was taken (oldest camera stamp)
 
 
 @dataclass
@@ -21,7 +21,7 @@ class PolicyOutput:
     """A whole action chunk from one forward pass, with what it cost and what the pruner kept."""
 
     actions: np.ndarray               # (chunk_size, action_dim) float32, unnormalised, ready to execute
-    stamp: float                      # the observation stamp this chunk was computed from
+    stamp: int                        # integer ns: the observation stamp this chunk was computed from
     timings: dict[str, float] = field(default_factory=dict)  # seconds: vision, pruner, llm, head, total
     kept_per_image: list[int] = field(default_factory=list)   # visual tokens kept, per image
     total_per_image: list[int] = field(default_factory=list)  # visual tokens before pruning, per image

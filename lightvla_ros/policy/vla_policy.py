@@ -106,7 +106,7 @@ class VLAPolicy:
             raise RuntimeError(f"model produced non-finite actions (step {self.num_inferences}): "
                                f"{pred.actions.tolist()}")
         self.num_inferences += 1
-        return PolicyOutput(actions=pred.actions.astype(np.float32), stamp=float(obs.stamp),
+        return PolicyOutput(actions=pred.actions.astype(np.float32), stamp=int(obs.stamp),
                             timings=dict(pred.timings), kept_per_image=list(pred.kept_per_image),
                             total_per_image=list(pred.total_per_image), action_space=self.action_space)
 

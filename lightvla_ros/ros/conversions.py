@@ -4,20 +4,22 @@
 - rgb_to_image(arr, encoding="rgb8", stamp=None, frame_id="") -> Image; arr in `encoding`'s layout.
 - compressed_to_rgb(CompressedImage) -> (H, W, 3) uint8 RGB (jpeg / png, decoded with OpenCV).
 - rgb_to_compressed(arr, fmt="jpeg" | "png") -> CompressedImage.
-- time_to_sec(Time) -> float, sec_to_time(float) -> builtin_interfaces/Time.
+- time_to_ns(Time) -> int, ns_to_time(int) -> builtin_interfaces/Time: exact, the core's integer ns.
 - quat_to_axis_angle(q) -> (3,): robosuite's quat2axisangle (xyzw), used for the OFT proprio.
-- policy_output_to_action_chunk / action_chunk_to_policy_output, policy_output_to_pruning_stats.
+- policy_output_to_action_chunk / action_chunk_to_policy_output, policy_output_to_pruning_stats,
+  step_to_action (one control step as an ActionChunk of size 1), actions_to_joint_trajectory.
 Bad input raises ValueError with what was wrong; nothing is silently reshaped.
 """
 from __future__ import annotations
 
 import array
-import math
+from operator import index
 from typing import Any
 
 import numpy as np
 
 from lightvla_ros.policy.observation_sync import quat_to_axis_angle as core_quat_to_axis_angle
+from lightvla_ros.policy.clock import NS_PER_S
 from lightvla_ros.policy.types import PolicyOutput
 
 # encoding -> (channels, index order that turns a pixel into RGB; None: grey to 3 channels)
@@ -34,25 +36,20 @@ _ENCODINGS = {
 # Time
 
 
-def time_to_sec(stamp) -> float:
-    """builtin_interfaces/Time (or anything with sec, nanosec) -> seconds as float."""
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+def time_to_ns(stamp) -> int:
+    """builtin_interfaces/Time (or a header, or anything with sec, nanosec) -> integer nanoseconds, exact."""
+    stamp = getattr(stamp, "stamp", stamp)
+    return int(stamp.sec) * NS_PER_S + int(stamp.nanosec)
 
 
-def sec_to_time(seconds: float):
-    """Seconds (>= 0, finite) -> builtin_interfaces/Time."""
+def ns_to_time(ns: int):
+    """Integer nanoseconds (>= 0) -> builtin_interfaces/Time, exact (time_to_ns gives ns back)."""
     from builtin_interfaces.msg import Time
 
-    seconds = float(seconds)
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"a ROS time must be finite and >= 0 seconds, got {seconds}")
-    sec = int(math.floor(seconds))
-    nanosec = int(round((seconds - sec) * 1e9))
-    if nanosec >= 1_000_000_000:  # rounding carried into the next second
-        sec, nanosec = sec + 1, nanosec - 1_000_000_000
-    if sec > 2**31 - 1:
-        raise ValueError(f"{seconds} s does not fit a ROS Time (int32 seconds)")
-    return Time(sec=sec, nanosec=nanosec)
+    ns = index(ns)
+    if ns < 0 or ns // NS_PER_S > 2**31 - 1:
+        raise ValueError(f"{ns} ns does not fit a ROS Time (int32 seconds >= 0)")
+    return Time(sec=ns // NS_PER_S, nanosec=ns % NS_PER_S)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +78,7 @@ def image_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, order])
 
 
-def rgb_to_image(arr: np.ndarray, encoding: str = "rgb8", stamp: float | None = None, frame_id: str = ""):
+def rgb_to_image(arr: np.ndarray, encoding: str = "rgb8", stamp: int | None = None, frame_id: str = ""):
     """(H, W, C) uint8 in `encoding`'s channel layout ((H, W) for mono8) -> sensor_msgs/Image."""
     from sensor_msgs.msg import Image
 
@@ -101,7 +98,7 @@ def rgb_to_image(arr: np.ndarray, encoding: str = "rgb8", stamp: float | None = 
         raise ValueError(f"empty image: shape {arr.shape}")
     msg = Image()
     if stamp is not None:
-        msg.header.stamp = sec_to_time(stamp)
+        msg.header.stamp = ns_to_time(stamp)
     msg.header.frame_id = frame_id
     msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
     msg.encoding = encoding
@@ -127,7 +124,7 @@ def compressed_to_rgb(msg) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
-def rgb_to_compressed(arr: np.ndarray, fmt: str = "jpeg", stamp: float | None = None,
+def rgb_to_compressed(arr: np.ndarray, fmt: str = "jpeg", stamp: int | None = None,
                       frame_id: str = "", quality: int = 95):
     """(H, W, 3) uint8 RGB -> sensor_msgs/CompressedImage in jpeg or png."""
     import cv2
@@ -145,7 +142,7 @@ def rgb_to_compressed(arr: np.ndarray, fmt: str = "jpeg", stamp: float | None = 
         raise ValueError(f"OpenCV could not encode a {arr.shape} image as {fmt}")
     msg = CompressedImage()
     if stamp is not None:
-        msg.header.stamp = sec_to_time(stamp)
+        msg.header.stamp = ns_to_time(stamp)
     msg.header.frame_id = frame_id
     msg.format = fmt
     msg.data = buf.tobytes()
@@ -188,7 +185,7 @@ def policy_output_to_action_chunk(out: PolicyOutput, frame_id: str = ""):
     if not np.all(np.isfinite(actions)):
         raise ValueError("actions contain NaN or inf")
     msg = ActionChunk()
-    msg.header.stamp = sec_to_time(out.stamp)
+    msg.header.stamp = ns_to_time(out.stamp)
     msg.header.frame_id = frame_id
     msg.chunk_size, msg.action_dim = int(actions.shape[0]), int(actions.shape[1])
     msg.actions = array.array("f", np.ascontiguousarray(actions, dtype=np.float32).tobytes())
@@ -201,15 +198,9 @@ def policy_output_to_action_chunk(out: PolicyOutput, frame_id: str = ""):
 
 def action_chunk_to_policy_output(msg) -> PolicyOutput:
     """lightvla_interfaces/ActionChunk -> PolicyOutput (token counts come back as one overall entry)."""
-    n, d = int(msg.chunk_size), int(msg.action_dim)
-    values = np.asarray(msg.actions, dtype=np.float32)
-    if n == 0 or d == 0:
-        raise ValueError(f"empty action chunk: chunk_size {n}, action_dim {d}")
-    if values.size != n * d:
-        raise ValueError(f"ActionChunk has {values.size} values, expected chunk_size {n} x action_dim {d}")
     return PolicyOutput(
-        actions=values.reshape(n, d).copy(),
-        stamp=time_to_sec(msg.header.stamp),
+        actions=action_chunk_actions(msg),
+        stamp=time_to_ns(msg.header.stamp),
         timings={"total": float(msg.inference_latency)},
         kept_per_image=[int(msg.visual_tokens_kept)] if msg.visual_tokens_total else [],
         total_per_image=[int(msg.visual_tokens_total)] if msg.visual_tokens_total else [],
@@ -225,7 +216,7 @@ def policy_output_to_pruning_stats(out: PolicyOutput, frame_id: str = ""):
         raise ValueError(f"kept_per_image has {len(out.kept_per_image)} entries, "
                          f"total_per_image {len(out.total_per_image)}")
     msg = PruningStats()
-    msg.header.stamp = sec_to_time(out.stamp)
+    msg.header.stamp = ns_to_time(out.stamp)
     msg.header.frame_id = frame_id
     msg.kept_per_image = [int(k) for k in out.kept_per_image]
     msg.total_per_image = [int(t) for t in out.total_per_image]
@@ -233,3 +224,37 @@ def policy_output_to_pruning_stats(out: PolicyOutput, frame_id: str = ""):
     msg.pruner_time = float(out.timings.get("pruner", 0.0))
     msg.model_time = float(out.timings.get("total", 0.0))
     return msg
+
+
+def step_to_action(stamp_ns: int, action: np.ndarray, action_space: str, frame_id: str = ""):
+    """One control step's action -> ActionChunk with chunk_size 1, stamped with the step time."""
+    a = np.asarray(action, dtype=np.float32).reshape(-1)
+    return policy_output_to_action_chunk(PolicyOutput(a[None, :], stamp_ns, action_space=action_space), frame_id)
+
+
+def action_chunk_actions(msg) -> np.ndarray:
+    """An ActionChunk's actions as (chunk_size, action_dim) float32; a size mismatch raises ValueError."""
+    n, d = int(msg.chunk_size), int(msg.action_dim)
+    values = np.asarray(msg.actions, dtype=np.float32)
+    if n == 0 or d == 0:
+        raise ValueError(f"empty action chunk: chunk_size {n}, action_dim {d}")
+    if values.size != n * d:
+        raise ValueError(f"ActionChunk has {values.size} values, expected chunk_size {n} x action_dim {d}")
+    return values.reshape(n, d).copy()
+
+
+def actions_to_joint_trajectory(actions: np.ndarray, stamp_ns: int, joint_names, period_ns: int):
+    """(T, D) joint targets -> trajectory_msgs/JointTrajectory; point i is reached (i + 1) periods after the stamp."""
+    from builtin_interfaces.msg import Duration
+    from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+    traj = JointTrajectory()
+    traj.header.stamp = ns_to_time(stamp_ns)
+    traj.joint_names = list(joint_names)
+    for i, row in enumerate(np.asarray(actions, dtype=np.float64)):
+        pt = JointTrajectoryPoint()
+        pt.positions = [float(x) for x in row]
+        t = ns_to_time((i + 1) * period_ns)
+        pt.time_from_start = Duration(sec=t.sec, nanosec=t.nanosec)
+        traj.points.append(pt)
+    return traj

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..policy.clock import NEVER, to_ns
 from ..policy.observation_sync import ObservationAssembler
 from ..policy.types import Observation
 from .dataset import Episode, save_episode
@@ -42,8 +43,9 @@ def parse_indices(spec: str) -> list[int]:
     return out
 
 
-def policy_view(assembler: ObservationAssembler, sim_obs, stamp: float) -> Observation:
-    """The Observation the node would assemble from the bridge's messages for this sim state."""
+def policy_view(assembler: ObservationAssembler, sim_obs, stamp: int) -> Observation:
+    """The Observation the node would assemble from the bridge's messages for this sim state
+    (stamp: integer ns, the sim time)."""
     for cam in assembler.camera_names:
         assembler.add_image(cam, sim_obs.images[cam], stamp)
     assembler.add_joint_state(sim_obs.joint_names, sim_obs.joint_positions, stamp)
@@ -64,14 +66,14 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
     for _ in range(env.num_wait_steps):
         sim_obs, _ = env.step(NOOP_ACTION)
     assembler = ObservationAssembler(env.camera_names, proprio_sources=list(proprio_sources),
-                                     instruction=env.instruction, max_observation_age=1e9)
+                                     instruction=env.instruction, max_observation_age=NEVER)
     expert = make_expert(env)
     expert.reset()
     images, proprio, actions, stamps = [], [], [], []
     success = False
     while len(actions) < env.max_steps and not success:
         for action in expert.act_chunk(sim_obs, chunk_size):
-            obs = policy_view(assembler, sim_obs, sim_obs.sim_time)
+            obs = policy_view(assembler, sim_obs, to_ns(sim_obs.sim_time))
             images.append(np.stack(obs.images))
             proprio.append(obs.proprio)
             actions.append(np.asarray(action, dtype=np.float32))

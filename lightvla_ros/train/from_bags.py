@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import math
 import re
 import sys
 from collections import Counter
@@ -34,6 +33,7 @@ import numpy as np
 from ..eval.bag_io import BagError, BagReader
 from ..eval.bag_replay import (CHUNK_TYPE, DEFAULT_CAMERAS, IMAGE_TYPES, ReplayConfig, chunk_actions, image_to_rgb,
                                node_setting, stamp_ns)
+from ..policy.clock import NEVER, to_ns
 from ..policy.observation_sync import ObservationAssembler, Rejection, parse_proprio_sources
 from .collect import PROPRIO_SOURCES, write_dataset_meta
 from .dataset import Episode, save_episode
@@ -150,14 +150,15 @@ def convert_bag(path: str | Path, cfg: FromBagsConfig) -> BagConversion:
         age = node_setting(cfg.max_observation_age, meta, "max_observation_age", ReplayConfig.max_observation_age)
         pairing = node_setting(cfg.pairing_tolerance, meta, "pairing_tolerance", ReplayConfig.pairing_tolerance)
         try:   # the node's assembler, as the recorded node was configured (None: off)
+            sync = node_setting(cfg.proprio_sync_tolerance, meta, "proprio_sync_tolerance", None)
             asm = ObservationAssembler(
-                cams, math.inf if pairing is None else pairing, math.inf if age is None else age, sources,
+                cams, NEVER if pairing is None else to_ns(pairing), NEVER if age is None else to_ns(age), sources,
                 instruction=_bag_instruction(reader, cfg, meta, conv.notes),
-                proprio_sync_tolerance=node_setting(cfg.proprio_sync_tolerance, meta, "proprio_sync_tolerance", None))
+                proprio_sync_tolerance=None if sync is None else to_ns(sync))
         except ValueError as err:   # e.g. a proprio source in the metadata it does not know
             raise BagError(reader.path, str(err)) from err
         conv.settings = {"action_topic": cfg.action_topic, "pairing_tolerance": pairing,
-                         "max_observation_age": age, "proprio_sync_tolerance": asm.proprio_sync_tolerance}
+                         "max_observation_age": age, "proprio_sync_tolerance": sync}
 
         inputs = {t: "image" for t in cams}
         if asm.joint_names:
@@ -192,21 +193,21 @@ def convert_bag(path: str | Path, cfg: FromBagsConfig) -> BagConversion:
                     frames[topic] = (msg, msgtype, t)
                 elif kind == "joints":
                     try:
-                        asm.add_joint_state(list(msg.name), np.asarray(msg.position, dtype=np.float64), t * 1e-9)
+                        asm.add_joint_state(list(msg.name), np.asarray(msg.position, dtype=np.float64), t)
                     except ValueError:   # as the node: a malformed joint state is dropped, nothing else
                         bad_inputs[topic] += 1
                 else:
                     p, q = msg.pose.position, msg.pose.orientation
-                    asm.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], t * 1e-9)
+                    asm.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], t)
             for topic, (msg, msgtype, t) in frames.items():
                 try:
-                    asm.add_image(topic, image_to_rgb(msg, msgtype), t * 1e-9)
+                    asm.add_image(topic, image_to_rgb(msg, msgtype), t)
                 except ValueError as err:
                     raise BagError(reader.path, f"frame stamped {t} ns: {err}", topic) from err
 
         def judge(stamp: int, action: np.ndarray) -> None:
             feed_until(stamp)
-            obs = asm.assemble(stamp * 1e-9)
+            obs = asm.assemble(stamp)
             if isinstance(obs, Rejection):
                 conv.skipped[obs.reason] += 1
                 return

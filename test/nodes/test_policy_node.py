@@ -53,17 +53,6 @@ def wait_diag(drv, key, above, timeout=3.0):
     assert drv.wait_for(lambda: drv.count(key) > above, timeout), (key, drv.diagnostics())
 
 
-def test_joint_trajectory_points_are_timed_per_step():
-    from lightvla_ros.nodes.policy_node import joint_trajectory
-
-    actions = np.arange(6, dtype=np.float32).reshape(3, 2)
-    traj = joint_trajectory(actions, to_time(12.5), ["a", "b"], 0.05)
-    assert traj.joint_names == ["a", "b"] and to_sec(traj.header.stamp) == pytest.approx(12.5)
-    assert [p.positions.tolist() if hasattr(p.positions, "tolist") else list(p.positions) for p in traj.points] == \
-        [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
-    assert [p.time_from_start.nanosec for p in traj.points] == [50_000_000, 100_000_000, 150_000_000]
-
-
 def test_missing_checkpoint_exits_with_a_clear_error(dom):
     proc = dom.start_node("lightvla-policy", params={"checkpoint": "/nonexistent/ckpt"}, name="no_ckpt")
     code = proc.wait(timeout=60)

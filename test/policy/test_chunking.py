@@ -12,7 +12,12 @@ from lightvla_ros.policy.chunking import (
     make_scheduler,
 )
 
-DT = 0.05   # 20 Hz
+S = 1_000_000_000  # the core's time is integer ns
+DT = S // 20  # 20 Hz
+
+
+def ns(seconds_or_float_ns) -> int:
+    return int(round(seconds_or_float_ns))
 T = 8       # chunk size
 D = 7       # action dim
 
@@ -30,7 +35,7 @@ def simulate(sched, n_steps: int, latency, obs_age: float = 0.0):
 
         def deliver():
             nonlocal pending
-            if pending is not None and pending[0] <= t + 1e-9:
+            if pending is not None and pending[0] <= t:
                 sched.add_chunk(pending[2], pending[1], pending[0])
                 pending = None
 
@@ -38,7 +43,7 @@ def simulate(sched, n_steps: int, latency, obs_age: float = 0.0):
         if sched.wants_inference(t):
             sched.inference_started(t)
             lat = latency(c) if callable(latency) else latency
-            pending = (t + lat, t - obs_age, tagged_chunk(c))
+            pending = (t + ns(lat * S), t - ns(obs_age * S), tagged_chunk(c))
             c += 1
             deliver()
         a = sched.next_action(t)
@@ -61,17 +66,17 @@ def test_make_scheduler_by_name_and_unknown_name():
 def test_chunk_shape_is_checked():
     s = OpenLoopScheduler(T, D, DT)
     with pytest.raises(ValueError, match=r"\(T>=1, 7\)"):
-        s.add_chunk(np.zeros((T, D + 1)), 0.0, 0.0)
+        s.add_chunk(np.zeros((T, D + 1)), 0, 0)
     with pytest.raises(ValueError):
-        s.add_chunk(np.zeros(D), 0.0, 0.0)
+        s.add_chunk(np.zeros(D), 0, 0)
 
 
 def test_open_loop_executes_k_steps_in_order_then_reinfers():
     s = OpenLoopScheduler(T, D, DT, steps=5)
-    assert s.wants_inference(0.0)
-    s.inference_started(0.0)
-    assert not s.wants_inference(0.0)  # one request at a time
-    s.add_chunk(tagged_chunk(0), 0.0, 0.0)
+    assert s.wants_inference(0)
+    s.inference_started(0)
+    assert not s.wants_inference(0)  # one request at a time
+    s.add_chunk(tagged_chunk(0), 0, 0)
     got = [float(s.next_action(i * DT)[0]) for i in range(5)]
     assert got == [0, 1, 2, 3, 4]
     assert s.wants_inference(5 * DT)
@@ -95,7 +100,7 @@ def test_open_loop_counts_a_pause_at_every_boundary():
 
 def test_open_loop_without_latency_has_no_pause():
     sched = OpenLoopScheduler(T, D, DT)
-    out = simulate(sched, 40, latency=0.0)
+    out = simulate(sched, 40, latency=0)
     assert None not in out
     assert sched.stats.pauses == 0
 
@@ -111,7 +116,7 @@ def test_blend_weights():
 
 def test_async_blends_the_overlap_with_configured_weights():
     s = AsyncScheduler(T, D, DT, blend=[0.25, 0.75], delay_compensation=False)
-    s.add_chunk(np.zeros((T, D)), 0.0, 0.0)
+    s.add_chunk(np.zeros((T, D)), 0, 0)
     for i in range(5):
         s.next_action(i * DT)              # 3 old steps left, all zeros
     s.add_chunk(np.full((T, D), 8.0), 5 * DT, 5 * DT)
@@ -123,11 +128,11 @@ def test_async_blends_the_overlap_with_configured_weights():
 
 def test_async_delay_compensation_drops_steps_passed_since_the_observation():
     s = AsyncScheduler(T, D, DT, blend="none")
-    s.add_chunk(tagged_chunk(0), 0.0, 0.0)
+    s.add_chunk(tagged_chunk(0), 0, 0)
     for i in range(4):
         s.next_action(i * DT)
     # observation taken at step 1; steps 1, 2, 3 ran while the model worked -> new chunk starts at 3
-    s.add_chunk(tagged_chunk(1), 1 * DT, 3.5 * DT)
+    s.add_chunk(tagged_chunk(1), 1 * DT, ns(3.5 * DT))
     assert s.stats.dropped_steps == 3
     assert float(s.next_action(4 * DT)[0]) == 103.0
     assert float(s.next_action(5 * DT)[0]) == 104.0
@@ -135,16 +140,16 @@ def test_async_delay_compensation_drops_steps_passed_since_the_observation():
 
 def test_async_discards_a_chunk_entirely_in_the_past():
     s = AsyncScheduler(T, D, DT, blend="none")
-    s.add_chunk(tagged_chunk(0, length=2), 0.0, 0.0)
-    s.add_chunk(tagged_chunk(1, length=2), 0.0, 0.0)  # queue now chunk 1
+    s.add_chunk(tagged_chunk(0, length=2), 0, 0)
+    s.add_chunk(tagged_chunk(1, length=2), 0, 0)  # queue now chunk 1
     s2 = AsyncScheduler(2, D, DT, blend="none")
-    s2.add_chunk(tagged_chunk(0, length=2), 0.0, 0.0)
-    s2.next_action(0.0)
+    s2.add_chunk(tagged_chunk(0, length=2), 0, 0)
+    s2.next_action(0)
     s2.next_action(DT)
-    s2.add_chunk(tagged_chunk(1, length=2), 0.0, 2 * DT)  # both its steps already passed
+    s2.add_chunk(tagged_chunk(1, length=2), 0, 2 * DT)  # both its steps already passed
     assert s2.stats.discarded_chunks == 1
     assert s2.next_action(2 * DT) is None
-    assert float(s.next_action(0.0)[0]) == 100.0
+    assert float(s.next_action(0)[0]) == 100.0
 
 
 @pytest.mark.parametrize("latency", [0.02, 0.12, 0.15])
@@ -218,9 +223,9 @@ def test_async_pauses_when_inference_is_slower_than_the_chunk():
 
 def test_async_requests_early_by_the_measured_latency():
     s = AsyncScheduler(T, D, DT, latency_margin_steps=1)
-    s.inference_started(0.0)
-    s.add_chunk(tagged_chunk(0), 0.0, 0.12)  # 120 ms measured -> 3 steps + 1 margin
-    assert s.latency_estimate == pytest.approx(0.12)
+    s.inference_started(0)
+    s.add_chunk(tagged_chunk(0), 0, ns(0.12 * S))  # 120 ms measured -> 3 steps + 1 margin
+    assert s.latency_estimate == 120_000_000  # exact: integer ns
     assert s.lead_steps() == 4
     asked = []
     for k in range(T):
@@ -233,8 +238,8 @@ def test_async_requests_early_by_the_measured_latency():
 def test_temporal_ensemble_weights_oldest_first():
     m = 0.5
     s = TemporalEnsembleScheduler(T, D, DT, m=m)
-    s.add_chunk(np.zeros((T, D)), 0.0, 0.0)
-    s.next_action(0.0)
+    s.add_chunk(np.zeros((T, D)), 0, 0)
+    s.next_action(0)
     s.add_chunk(np.full((T, D), 10.0), DT, DT)  # covers step 1 onward
     a = s.next_action(DT)
     w = np.exp(-m * np.arange(2))
@@ -244,18 +249,18 @@ def test_temporal_ensemble_weights_oldest_first():
 
 
 def test_temporal_ensemble_aligns_chunks_by_observation_time():
-    s = TemporalEnsembleScheduler(T, D, DT, m=0.0)
-    s.add_chunk(tagged_chunk(0), 0.0, 0.0)
+    s = TemporalEnsembleScheduler(T, D, DT, m=0)
+    s.add_chunk(tagged_chunk(0), 0, 0)
     for k in range(3):
         s.next_action(k * DT)
     # observation at step 1, arrives after step 2: its step 2 lines up with tick 3
-    s.add_chunk(tagged_chunk(1), DT, 2.5 * DT)
+    s.add_chunk(tagged_chunk(1), DT, ns(2.5 * DT))
     a = s.next_action(3 * DT)
     assert float(a[0]) == pytest.approx((3 + 102) / 2)
 
 
 def test_temporal_ensemble_m_zero_is_plain_mean_and_no_pause_with_fast_inference():
-    sched = TemporalEnsembleScheduler(T, D, DT, m=0.0)
+    sched = TemporalEnsembleScheduler(T, D, DT, m=0)
     out = simulate(sched, 100, latency=0.07)
     first = next(i for i, a in enumerate(out) if a is not None)
     assert None not in out[first:]
@@ -267,19 +272,19 @@ def test_temporal_ensemble_m_zero_is_plain_mean_and_no_pause_with_fast_inference
 def test_reset_clears_queue_and_request():
     for name in ("open_loop", "async", "temporal_ensemble"):
         s = make_scheduler(name, T, D, DT)
-        s.add_chunk(tagged_chunk(0), 0.0, 0.0)
-        s.inference_started(0.0)
+        s.add_chunk(tagged_chunk(0), 0, 0)
+        s.inference_started(0)
         s.reset()
         assert s.queued_steps == 0 and not s.in_flight
-        assert s.next_action(0.0) is None
+        assert s.next_action(0) is None
         assert s.stats.missed_steps == 0  # no chunk since reset: not a pause
-        assert s.wants_inference(0.0)
+        assert s.wants_inference(0)
 
 
 def test_inference_failed_allows_a_new_request():
     s = OpenLoopScheduler(T, D, DT)
-    s.inference_started(0.0)
-    assert not s.wants_inference(0.0)
+    s.inference_started(0)
+    assert not s.wants_inference(0)
     s.inference_failed(0.01)
     assert s.wants_inference(0.01)
 
@@ -287,6 +292,6 @@ def test_inference_failed_allows_a_new_request():
 def test_queued_steps_math():
     s = AsyncScheduler(T, D, DT)
     assert s.lead_steps() == 1  # no latency measured yet
-    s.add_chunk(tagged_chunk(0), 0.0, 0.0)
+    s.add_chunk(tagged_chunk(0), 0, 0)
     assert s.queued_steps == T
-    assert math.isclose(s.latency_estimate, 0.0)
+    assert s.latency_estimate == 0

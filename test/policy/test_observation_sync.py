@@ -11,12 +11,45 @@ from lightvla_ros.policy.types import Observation
 LIBERO_SOURCES = ["eef_pos", "eef_axis_angle", "joint:finger_l", "joint:finger_r"]
 
 
+def ns(seconds: float) -> int:
+    return round(seconds * 1_000_000_000)
+
+
+class Asm(ObservationAssembler):
+    """The assembler driven in seconds, for readable tests: every time goes in as integer ns (the
+    core's unit), fresh_since comes back in seconds."""
+
+    def __init__(self, cams, pairing_tolerance=0.05, max_observation_age=0.5, proprio_sources=(), instruction="",
+                 proprio_sync_tolerance=None, future_tolerance=0.1):
+        super().__init__(cams, ns(pairing_tolerance), ns(max_observation_age), proprio_sources, instruction,
+                         None if proprio_sync_tolerance is None else ns(proprio_sync_tolerance), ns(future_tolerance))
+
+    def add_image(self, camera, image, stamp, received=None):
+        super().add_image(camera, image, ns(stamp), None if received is None else ns(received))
+
+    def add_joint_state(self, names, positions, stamp, received=None):
+        super().add_joint_state(names, positions, ns(stamp), None if received is None else ns(received))
+
+    def add_eef_pose(self, position, quat, stamp, received=None):
+        super().add_eef_pose(position, quat, ns(stamp), None if received is None else ns(received))
+
+    def assemble(self, now):
+        return super().assemble(ns(now))
+
+    def fresh_since(self):
+        t = super().fresh_since()
+        return None if t is None else t / 1e9
+
+    def stale_inputs(self, now):
+        return super().stale_inputs(ns(now))
+
+
 def img(v: int) -> np.ndarray:
     return np.full((8, 8, 3), v, dtype=np.uint8)
 
 
 def ready(now: float = 10.0, **kw) -> ObservationAssembler:
-    a = ObservationAssembler(["agentview", "wrist"], pairing_tolerance=0.02, max_observation_age=0.3,
+    a = Asm(["agentview", "wrist"], pairing_tolerance=0.02, max_observation_age=0.3,
                              proprio_sources=LIBERO_SOURCES, instruction="pick up the bowl", **kw)
     a.add_image("agentview", img(1), now - 0.01)
     a.add_image("wrist", img(2), now - 0.005)
@@ -30,7 +63,7 @@ def test_assembles_in_camera_and_source_order():
     obs = a.assemble(10.0)
     assert isinstance(obs, Observation)
     assert [int(i[0, 0, 0]) for i in obs.images] == [1, 2]
-    assert obs.stamp == pytest.approx(9.99)  # oldest camera
+    assert obs.stamp == 9_990_000_000  # oldest camera, integer ns exactly
     np.testing.assert_allclose(obs.proprio, [0.1, 0.2, 0.3, 0, 0, 0, 0.04, -0.04], atol=1e-6)
     assert obs.proprio.dtype == np.float32 and a.proprio_dim == 8
     assert obs.instruction == "pick up the bowl"
@@ -41,7 +74,7 @@ def test_newest_frame_per_camera_wins():
     a.add_image("agentview", img(7), 9.995)
     obs = a.assemble(10.0)
     assert int(obs.images[0][0, 0, 0]) == 7
-    assert a.newest_stamp() == pytest.approx(9.995)
+    assert obs.stamp == ns(9.995)  # the newer frame of agentview is the oldest camera now
 
 
 @pytest.mark.parametrize("make_bad, reason", [
@@ -69,7 +102,7 @@ def test_stale_when_cameras_are_old():
 
 
 def test_missing_camera_and_missing_proprio():
-    a = ObservationAssembler(["agentview", "wrist"], proprio_sources=LIBERO_SOURCES, instruction="x")
+    a = Asm(["agentview", "wrist"], proprio_sources=LIBERO_SOURCES, instruction="x")
     a.add_image("agentview", img(1), 1.0)
     r = a.assemble(1.0)
     assert r.reason == osync.MISSING_CAMERA and "wrist" in r.message
@@ -91,18 +124,18 @@ def test_bad_inputs_raise_clearly():
     with pytest.raises(ValueError, match="2 names but 1 positions"):
         a.add_joint_state(["a", "b"], [0.0], 1.0)
     with pytest.raises(ValueError, match="unknown proprio source"):
-        ObservationAssembler(["c"], proprio_sources=["eef_quat"])
+        Asm(["c"], proprio_sources=["eef_quat"])
     with pytest.raises(ValueError):
-        ObservationAssembler([])
+        Asm([])
     with pytest.raises(ValueError):
-        ObservationAssembler(["a", "a"])
+        Asm(["a", "a"])
 
 
 def test_no_proprio_sources_gives_none_and_clear_forgets_frames():
-    a = ObservationAssembler(["cam"], instruction="go")
+    a = Asm(["cam"], instruction="go")
     a.add_image("cam", img(3), 5.0)
     obs = a.assemble(5.1)
-    assert obs.proprio is None and obs.stamp == 5.0
+    assert obs.proprio is None and obs.stamp == 5_000_000_000
     a.clear()
     assert a.assemble(5.1).reason == osync.MISSING_CAMERA
     assert a.instruction == "go"

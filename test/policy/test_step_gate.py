@@ -10,7 +10,11 @@ import numpy as np
 from lightvla_ros.policy.chunking import OpenLoopScheduler
 from lightvla_ros.policy.step_gate import StepGate
 
-DT = 0.05
+DT = 50_000_000  # ns: 20 Hz (the core's time is integer ns)
+
+
+def sec(x: float) -> int:
+    return round(x * 1_000_000_000)
 D = 7
 
 
@@ -50,7 +54,7 @@ def strictly_increasing(xs) -> bool:
 
 def test_lock_step_step_found_empty_is_served_once_on_arrival():
     loop = Loop()
-    t = 1000.0
+    t = sec(1000.0)
     loop.tick(t)                      # nothing queued: the step waits
     assert loop.published == [] and loop.gate.pending == t
     loop.arrive(t)                    # time stands still: served now, with action 0 of the chunk
@@ -65,43 +69,43 @@ def test_lock_step_step_found_empty_is_served_once_on_arrival():
 
 def test_timer_firing_twice_at_one_clock_value_serves_one_action():
     loop = Loop()
-    loop.tick(0.0)
-    loop.arrive(0.0)
+    loop.tick(0)
+    loop.arrive(0)
     for k in range(1, 3):
         loop.tick(k * DT)
     jump = 11 * DT                    # episode start: the sim ran 10 wait steps without /clock
     loop.tick(jump)
     loop.tick(jump)                   # a second timer call reading the same clock
-    assert loop.stamps() == [0.0, DT, 2 * DT, jump]
+    assert loop.stamps() == [0, DT, 2 * DT, jump]
     assert [v for _, v in loop.published] == [0.0, 1.0, 2.0, 3.0]  # no action skipped or eaten
     assert loop.gate.stats.duplicate_steps == 1
 
 
 def test_clock_going_backwards_is_refused_until_rebase():
     loop = Loop(n=8)
-    loop.tick(1.0)
-    loop.arrive(1.0)
-    loop.tick(1.05)
-    loop.tick(0.5)                    # a restarted sim: older than the last served step
-    loop.tick(0.55)
-    assert loop.stamps() == [1.0, 1.05]
+    loop.tick(sec(1.0))
+    loop.arrive(sec(1.0))
+    loop.tick(sec(1.05))
+    loop.tick(sec(0.5))                    # a restarted sim: older than the last served step
+    loop.tick(sec(0.55))
+    assert loop.stamps() == [sec(1.0), sec(1.05)]
     assert [k for k, _ in loop.refused] == ["old_step", "old_step"] and loop.gate.stats.old_steps == 2
-    loop.gate.rebase(1.1)             # ~/reset while the clock is still ahead: history kept
-    loop.tick(0.6)
-    assert loop.stamps() == [1.0, 1.05]
-    loop.gate.rebase(0.6)             # ~/reset after the clock went back: steps start over
-    loop.tick(0.65)
-    assert loop.stamps() == [1.0, 1.05, 0.65]
+    loop.gate.rebase(sec(1.1))             # ~/reset while the clock is still ahead: history kept
+    loop.tick(sec(0.6))
+    assert loop.stamps() == [sec(1.0), sec(1.05)]
+    loop.gate.rebase(sec(0.6))             # ~/reset after the clock went back: steps start over
+    loop.tick(sec(0.65))
+    assert loop.stamps() == [sec(1.0), sec(1.05), sec(0.65)]
 
 
 def test_arrival_serves_only_the_newest_step_and_never_a_passed_one():
     loop = Loop()
-    loop.tick(0.0)                    # empty: waits
+    loop.tick(0)                    # empty: waits
     loop.tick(DT)                     # still empty: the newer step waits, 0.0 is abandoned
     loop.arrive(DT)
     assert loop.stamps() == [DT]
     loop2 = Loop()
-    loop2.tick(0.0)
+    loop2.tick(0)
     loop2.arrive(DT)                  # the chunk lands when the next step is due: 0.0 has passed
     assert loop2.published == []
     loop2.tick(DT)                    # the timer serves the due step
@@ -111,7 +115,7 @@ def test_arrival_serves_only_the_newest_step_and_never_a_passed_one():
 def test_a_hold_serves_its_step_so_the_arrival_does_not_serve_it_again():
     loop = Loop()
     hold = np.zeros(D, dtype=np.float32)
-    t = 2.0
+    t = sec(2.0)
     assert loop.gate.serve(t, lambda: hold) is hold   # stall: one hold action for the step
     loop.arrive(t)                                      # observations resume, a chunk lands at once
     assert loop.published == [] and loop.gate.pending is None
@@ -119,10 +123,10 @@ def test_a_hold_serves_its_step_so_the_arrival_does_not_serve_it_again():
 
 def test_drop_pending_step_is_never_served_later():
     loop = Loop()
-    loop.tick(0.0)
+    loop.tick(0)
     loop.gate.drop_pending()          # reset / new instruction while waiting
-    loop.arrive(0.0)
-    loop.tick(0.0)                    # the same step again: refused
+    loop.arrive(0)
+    loop.tick(0)                    # the same step again: refused
     assert loop.published == []
     loop.tick(DT)
     assert loop.published == [(DT, 0.0)]
@@ -132,7 +136,7 @@ def test_random_interleavings_keep_stamps_unique_increasing_and_current():
     rng = random.Random(0)
     for trial in range(200):
         loop = Loop(n=rng.choice([1, 2, 4]))
-        t, served_at = 10.0, []
+        t, served_at = sec(10.0), []
         for _ in range(60):
             r = rng.random()
             if r < 0.45:
@@ -150,7 +154,7 @@ def test_random_interleavings_keep_stamps_unique_increasing_and_current():
                     served_at.append((loop.published[-1][0], t))
         stamps = loop.stamps()
         assert strictly_increasing(stamps), (trial, stamps)
-        assert all(-1e-9 <= now - s < DT for s, now in served_at), (trial, served_at)  # never a passed step
+        assert all(0 <= now - s < DT for s, now in served_at), (trial, served_at)  # never a passed step
         assert loop.gate.stats.served == len(stamps)
 
 
@@ -160,7 +164,7 @@ def test_two_threads_timer_and_arrivals_never_serve_a_step_twice():
     gate = StepGate()
     queue: deque = deque()
     served: list[float] = []        # in the order the gate decided (recorded inside pop, under its lock)
-    clock = {"t": 0.0}
+    clock = {"t": 0}
     by_arrival = []
     stop = threading.Event()
 

@@ -8,8 +8,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from lightvla_ros.policy.types import PolicyOutput
 from lightvla_ros.ros.conversions import (action_chunk_to_policy_output, compressed_to_rgb, image_to_rgb,
                                           policy_output_to_action_chunk, policy_output_to_pruning_stats,
-                                          quat_to_axis_angle, rgb_to_compressed, rgb_to_image, sec_to_time,
-                                          time_to_sec)
+                                          quat_to_axis_angle, rgb_to_compressed, rgb_to_image, ns_to_time,
+                                          time_to_ns)
 
 RNG = np.random.default_rng(0)
 RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)  # (H, W, 3)
@@ -18,7 +18,7 @@ RGB = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)  # (H, W, 3)
 # ---- Image
 
 def test_rgb8_round_trip_and_header():
-    msg = rgb_to_image(RGB, "rgb8", stamp=12.25, frame_id="agentview")
+    msg = rgb_to_image(RGB, "rgb8", stamp=12_250_000_000, frame_id="agentview")
     assert (msg.height, msg.width, msg.step, msg.encoding) == (6, 5, 15, "rgb8")
     assert (msg.header.stamp.sec, msg.header.stamp.nanosec, msg.header.frame_id) == (12, 250_000_000, "agentview")
     out = image_to_rgb(msg)
@@ -91,7 +91,7 @@ def test_png_is_lossless_and_jpeg_is_close():
     smooth = np.zeros((32, 48, 3), np.uint8)
     smooth[:, :, 0] = np.linspace(0, 255, 48, dtype=np.uint8)  # red ramp: catches an RGB/BGR swap
     smooth[:, :, 2] = 40
-    png = rgb_to_compressed(smooth, "png", stamp=1.5)
+    png = rgb_to_compressed(smooth, "png", stamp=1_500_000_000)
     assert png.format == "png" and png.header.stamp.sec == 1
     np.testing.assert_array_equal(compressed_to_rgb(png), smooth)
     jpg = compressed_to_rgb(rgb_to_compressed(smooth, "jpeg"))
@@ -122,19 +122,19 @@ def test_rgb_to_compressed_errors():
 
 # ---- Time
 
-@pytest.mark.parametrize("seconds", [0.0, 1.5, 12.000000001, 1_700_000_000.123456, 0.9999999999])
-def test_time_round_trip(seconds):
-    t = sec_to_time(seconds)
+@pytest.mark.parametrize("ns", [0, 1_500_000_000, 12_000_000_001, 1_700_000_000_123_456_789, 999_999_999])
+def test_time_round_trip_is_exact(ns):
+    t = ns_to_time(ns)
     assert 0 <= t.nanosec < 1_000_000_000
-    assert time_to_sec(t) == pytest.approx(seconds, abs=1e-6)
+    assert time_to_ns(t) == ns  # integer ns both ways: nothing rounded
 
 
-def test_time_carry_and_errors():
-    t = sec_to_time(2.9999999999)  # rounds up to the next second, not nanosec == 1e9
-    assert (t.sec, t.nanosec) == (3, 0)
-    for bad in (-0.1, math.nan, math.inf, 2.0**31):
+def test_time_errors():
+    for bad in (-1, 2**31 * 1_000_000_000):
         with pytest.raises(ValueError):
-            sec_to_time(bad)
+            ns_to_time(bad)
+    with pytest.raises(TypeError):
+        ns_to_time(1.5)  # seconds by mistake: refused, not truncated
 
 
 # ---- Quaternion -> axis-angle
@@ -167,7 +167,7 @@ def test_quat_from_message_and_errors():
 
 def _output():
     actions = np.arange(8 * 7, dtype=np.float32).reshape(8, 7) / 10  # (chunk_size, action_dim)
-    return PolicyOutput(actions=actions, stamp=42.5, timings={"total": 0.12, "pruner": 0.003},
+    return PolicyOutput(actions=actions, stamp=42_500_000_000, timings={"total": 0.12, "pruner": 0.003},
                         kept_per_image=[40, 31], total_per_image=[256, 256], action_space="eef_delta_pose_gripper")
 
 
@@ -184,7 +184,7 @@ def test_action_chunk_round_trip():
     back = action_chunk_to_policy_output(msg)
     np.testing.assert_array_equal(back.actions, out.actions)
     assert back.actions.dtype == np.float32 and back.actions.flags.writeable
-    assert back.stamp == 42.5 and back.action_space == out.action_space
+    assert back.stamp == 42_500_000_000 and back.action_space == out.action_space
     assert (back.kept_total, back.total_tokens) == (71, 512)
 
 
@@ -213,3 +213,21 @@ def test_pruning_stats():
     bad.total_per_image = [256]
     with pytest.raises(ValueError, match="kept_per_image has 2 entries"):
         policy_output_to_pruning_stats(bad)
+
+
+def test_joint_trajectory_points_are_timed_per_step():
+    from lightvla_ros.ros.conversions import actions_to_joint_trajectory
+
+    actions = np.arange(6, dtype=np.float32).reshape(3, 2)
+    traj = actions_to_joint_trajectory(actions, 12_500_000_000, ["a", "b"], 50_000_000)
+    assert traj.joint_names == ["a", "b"] and time_to_ns(traj.header.stamp) == 12_500_000_000
+    assert [list(p.positions) for p in traj.points] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    assert [p.time_from_start.nanosec for p in traj.points] == [50_000_000, 100_000_000, 150_000_000]
+
+
+def test_step_to_action_is_a_chunk_of_one_stamped_exactly():
+    from lightvla_ros.ros.conversions import step_to_action
+
+    msg = step_to_action(1_700_000_000_123_456_789, np.arange(7, dtype=np.float32), "eef_delta_pose_gripper")
+    assert (msg.chunk_size, msg.action_dim) == (1, 7) and time_to_ns(msg.header.stamp) == 1_700_000_000_123_456_789
+    np.testing.assert_array_equal(np.asarray(msg.actions), np.arange(7, dtype=np.float32))
