@@ -6,7 +6,8 @@
 
 Offline mode needs no ROS: bags are read with rosbags, observations assembled in bag time by the
 policy node's ObservationAssembler, and VLAPolicy.infer runs on each. Input bags are only read.
-Exit codes: 0 ok, 1 evaluated but some bag was damaged (partial), 2 error (bad bag, bad args).
+Exit codes: 0 ok, 1 evaluated but some bag was damaged (partial), 2 error (bad bag, bad args, a
+checkpoint that is missing or does not load).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from lightvla_ros.eval.bag_io import BagError, BagReader
 from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, BagReplay, ReplayConfig, node_setting
 from lightvla_ros.eval.bag_report import (EvalOptions, Frame, build_report, checkpoint_identity, compare_reports,
                                           compare_text, episode_entry, load_report, summary_text)
+from lightvla_ros.model.errors import CheckpointError
+from lightvla_ros.paths import resolve_checkpoint
 
 LIBERO_DIM_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 
@@ -104,6 +107,8 @@ def run_eval(args: argparse.Namespace) -> int:
     for bag in args.bags:       # fail before loading the model when a path is plainly wrong
         if not Path(bag).exists():
             raise BagError(bag, "no such file or directory")
+    if not args.existing_node:  # a name like lightvla-lift, or a path; CheckpointNotFound says where it looked
+        args.checkpoint = resolve_checkpoint(args.checkpoint)
     opts = EvalOptions(args.gripper_dim, args.gripper_threshold)
     policy = None if args.via_ros else load_policy(args)   # via ROS, the node runs the model
     episodes, all_frames = [], []
@@ -218,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cp.add_argument("--out")
             return run_compare(cp.parse_args(argv[1:]))
         return run_eval(build_parser().parse_args(argv))
-    except (BagError, ValueError, FileNotFoundError) as err:
+    except (BagError, ValueError, FileNotFoundError, CheckpointError) as err:
         print(f"lightvla-bag-eval: error: {err}", file=sys.stderr)
         return 2
 

@@ -101,6 +101,17 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
             if args.record_to else None
         if out_bag is not None:
             stack.callback(out_bag.close)
+            # the bytes as they arrive, as the live recorder stores them: rclpy's serialize_message pads
+            # (316 bytes for a 308-byte JointState with empty velocity and effort)
+            out_types = {t: reader.topics[t].msgtype for t in inputs}
+            out_types.update({"/lightvla/action_chunk": "lightvla_interfaces/msg/ActionChunk",
+                              "/lightvla/pruning_stats": "lightvla_interfaces/msg/PruningStats"})
+            for t, msgtype in out_types.items():
+                sensor = msgtype in SENSOR_TYPES and t in pubs
+                qos = qos_profile_sensor_data if sensor else latched if t in pubs else reliable
+                out_bag.add_topic(t, msgtype, reliable=not sensor, transient_local=qos is latched)
+                probe.node.create_subscription(msg_class(msgtype), t,
+                                               lambda data, t=t: out_bag.write(t, data), qos, raw=True)
         if not probe.spin_until(lambda: all(pubs[c].get_subscription_count() >= 1 for c in cams), 60):
             raise RuntimeError(f"no policy node subscribed to {cams} within 60 s (domain {domain_id})")
 
@@ -120,8 +131,6 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
                 if m.topic in cams:
                     sent[new] = (old, time.monotonic())
             pubs[m.topic].publish(msg)
-            if out_bag is not None:
-                out_bag.write_msg(m.topic, msg)
         probe.spin_until(lambda: False, args.settle)
 
         frames = []
@@ -129,8 +138,6 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
             if new not in sent:
                 continue
             old, t_sent = sent[new]
-            if out_bag is not None:
-                out_bag.write_msg("/lightvla/action_chunk", chunk)
             rec = recorded.get(old)
             st = stats.get(new)
             timings = {"total": float(chunk.inference_latency)}

@@ -1,6 +1,7 @@
 """Record a running LightVLA system to a rosbag2 bag (mcap default, sqlite3 option).
 
     lightvla-record -o run1 --task libero_object/0 --checkpoint /ckpt     # Ctrl-C to stop
+    lightvla-record -o run1 --compression zstd --max-bag-duration 60     # zstd, a new file per minute
     ros2 run lightvla_ros recorder_node --ros-args -p output:=run1 -p storage:=sqlite3
 
 Subscriptions are raw (CDR bytes straight into the bag, no decode). Episode metadata (task,
@@ -48,9 +49,11 @@ class BagRecorder:
     """Thread-safe bag writer for a running system: CDR bytes or rclpy messages in, a bag out."""
 
     def __init__(self, path: str | Path, storage: str = "mcap", topics: dict[str, str] | None = None,
-                 metadata: dict | None = None, flush_period: float = 1.0, clock=time.time_ns):
+                 metadata: dict | None = None, flush_period: float = 1.0, clock=time.time_ns,
+                 compression: str = "none", max_bagfile_size: int = 0, max_bagfile_duration: float = 0.0):
         self.path = Path(path)
-        self._bag = BagWriter(self.path, storage)
+        self._bag = BagWriter(self.path, storage, compression=compression, max_bagfile_size=max_bagfile_size,
+                              max_bagfile_duration=max_bagfile_duration)
         self._lock = threading.Lock()
         self._clock = clock                       # () -> ns; bag time of a write without a stamp
         self.flush_period = float(flush_period)
@@ -144,6 +147,9 @@ def _make_node_class():
             super().__init__("lightvla_recorder", **kwargs)
             self.declare_parameter("output", "")             # bag directory; "" -> lightvla_<time>
             self.declare_parameter("storage", "mcap")        # mcap | sqlite3
+            self.declare_parameter("compression", "none")    # none | zstd (mcap chunks / sqlite3 messages)
+            self.declare_parameter("max_bagfile_size", 0)    # bytes per file, 0 = no split (--max-bag-size)
+            self.declare_parameter("max_bagfile_duration", 0.0)  # s per file, 0 = no split (--max-bag-duration)
             self.declare_parameter("topics", list(DEFAULT_TOPICS))   # entries: topic or topic:type
             self.declare_parameter("task", "")
             self.declare_parameter("instruction", "")
@@ -161,8 +167,10 @@ def _make_node_class():
             meta = json.loads(p("metadata_json") or "{}")
             meta.update({k: p(k) for k in ("task", "instruction", "checkpoint") if p(k)})
             meta.setdefault("recorded_by", "lightvla_recorder")
-            self.recorder = BagRecorder(output, p("storage"), metadata=meta,
-                                        flush_period=p("flush_period"), clock=self._now_ns)
+            self.recorder = BagRecorder(output, p("storage"), metadata=meta, flush_period=p("flush_period"),
+                                        clock=self._now_ns, compression=p("compression"),
+                                        max_bagfile_size=int(p("max_bagfile_size")),
+                                        max_bagfile_duration=float(p("max_bagfile_duration")))
             self.pending = dict(parse_topic(t) for t in p("topics"))   # topic -> type (None: discover)
             self.subs: dict[str, Any] = {}
             self.types: dict[str, str] = {}                  # subscribed topic -> type
@@ -260,6 +268,11 @@ def _cli_overrides(argv: list[str]) -> list:
     ap = argparse.ArgumentParser(prog="lightvla-record", description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--output")
     ap.add_argument("--storage", choices=["mcap", "sqlite3"])
+    ap.add_argument("--compression", choices=["none", "zstd"], help="zstd: compressed mcap chunks / sqlite3 messages")
+    ap.add_argument("--max-bag-size", dest="max_bagfile_size", type=int, metavar="BYTES",
+                    help="split into a new storage file after this many bytes (0 = never)")
+    ap.add_argument("--max-bag-duration", dest="max_bagfile_duration", type=float, metavar="S",
+                    help="split into a new storage file after this many seconds of bag time (0 = never)")
     ap.add_argument("--topics", nargs="+")
     ap.add_argument("--task")
     ap.add_argument("--instruction")

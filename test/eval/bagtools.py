@@ -39,11 +39,12 @@ def observation_of(k: int, instruction: str) -> Observation:
 
 def write_episode(path: Path, storage: str = "mcap", steps: int = 3, policy=None, cams=CAMS,
                   with_chunks: bool = True, flush_each_step: bool = False, instruction: str = "pick up the bowl",
-                  metadata: dict | None = None) -> Path:
+                  metadata: dict | None = None, metadata_topic: bool = True) -> Path:
     """A recorded episode: instruction, per step both cameras + joints + eef, then the chunk for it.
 
     Chunks come from `policy.infer` on the same observation (so a replay must reproduce them
-    exactly), or are a fixed ramp when policy is None."""
+    exactly), or are a fixed ramp when policy is None. metadata_topic=False: the metadata is only in
+    metadata.yaml, not on /lightvla/episode_metadata."""
     with BagWriter(path, storage) as w:
         ts = w.typestore
         T = ts.types
@@ -52,7 +53,8 @@ def write_episode(path: Path, storage: str = "mcap", steps: int = 3, policy=None
         meta = {"task": "synthetic", "instruction": instruction, "success": True,
                 "proprio_sources": PROPRIO_SOURCES, **(metadata or {})}
         w.set_metadata(meta)                                       # metadata.yaml custom_data (at close)
-        w.write_msg(METADATA_TOPIC, T0 - 2 * STEP, T["std_msgs/msg/String"](json.dumps(meta)))  # survives a crash
+        if metadata_topic:                                         # survives a crash
+            w.write_msg(METADATA_TOPIC, T0 - 2 * STEP, T["std_msgs/msg/String"](json.dumps(meta)))
         w.write_msg("/instruction", T0 - STEP, T["std_msgs/msg/String"](instruction))
         for k in range(steps):
             stamp = T0 + k * STEP

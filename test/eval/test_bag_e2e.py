@@ -86,3 +86,13 @@ def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, cap
     with BagReader(tmp_path / "via_ros_bag") as r:
         assert r.topics["/lightvla/action_chunk"].count == e["frames"]
     assert tree_fingerprint(bags["mcap"]) == before["mcap"]
+
+    # defect (c): the bag --record-to wrote holds the bytes as received (not rclpy re-serialised,
+    # which rosbags refused for JointState), so it replays offline like any recorded run
+    code = bag_eval([str(tmp_path / "via_ros_bag"), "--checkpoint", str(tiny_checkpoint), "--no-progress",
+                     "--report", str(tmp_path / "again.json")])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    again = json.loads((tmp_path / "again.json").read_text())["episodes"][0]
+    assert again["frames"] == e["frames"] and again["chunks_unmatched"] == 0 and again["complete"]
+    assert again["actions"]["max_abs_diff"] < 1e-4

@@ -101,8 +101,8 @@ def test_bad_bags_give_clear_errors(tmp_path, tiny_checkpoint, capsys):
                                                            encoding="rgb8", step=6, is_bigendian=0,
                                                            header=T["std_msgs/msg/Header"](
                                                                T["builtin_interfaces/msg/Time"](0, 1), "")))
-        conn = w._writer.add_connection(CAMS[1], "acme_msgs/msg/FancyImage", msgdef="", rihs01="RIHS01_" + "0" * 64)
-        w._writer.write(conn, 2, b"\x00\x01\x00\x00")
+        w.add_topic(CAMS[1], "acme_msgs/msg/FancyImage", msgdef="", digest="RIHS01_" + "0" * 64)
+        w.write(CAMS[1], 2, b"\x00\x01\x00\x00")
     code, _, err = run([tmp_path / "unknown2", *ck], capsys)
     assert code == 2 and "topic /camera/wrist/image_raw: unknown message type acme_msgs/msg/FancyImage" in err
     # a camera topic that is not an image
@@ -132,3 +132,35 @@ def test_partly_corrupt_bag_is_evaluated_up_to_the_damage(tmp_path, tiny_checkpo
     assert 1 <= e["frames"] < 4 and not e["complete"] and e["recovered"] and "cut.mcap" in e["damage"][0]
     assert rep["overall"]["complete"] is False and "PARTIAL" in out and "WARNING" in out
     assert tree_fingerprint(cut) == before
+
+
+def test_truncated_bag_keeps_the_topics_and_proprio_of_its_metadata_yaml(tmp_path, tiny_checkpoint, capsys):
+    """Defect (a): the recovery path read the storage file only, fell back to the default camera
+    topics and exited 2 with 'topic not in bag'. metadata.yaml still names what the node used."""
+    from bagtools import PROPRIO_SOURCES
+    cams = ["/cam/front/image_raw", "/cam/side/image_raw"]
+    bag = write_episode(tmp_path / "ep", "mcap", steps=4, policy=None, cams=cams, flush_each_step=True,
+                        metadata={"camera_topics": cams, "proprio_sources": PROPRIO_SOURCES},
+                        metadata_topic=False)
+    mcap = next(bag.glob("*.mcap"))
+    mcap.write_bytes(mcap.read_bytes()[: int(mcap.stat().st_size * 0.7)])   # metadata.yaml stays
+    code, out, err = run([bag, "--checkpoint", tiny_checkpoint, "--report", tmp_path / "r.json", "--no-progress"],
+                         capsys)
+    assert code == 1, err                                    # evaluated, partial
+    e = json.loads((tmp_path / "r.json").read_text())["episodes"][0]
+    assert e["recovered"] and not e["complete"] and 1 <= e["frames"] < 4
+    assert e["replay_config"]["camera_topics"] == cams
+    assert e["replay_config"]["proprio_sources"] == PROPRIO_SOURCES
+    assert "PARTIAL" in out
+
+
+def test_missing_or_broken_checkpoint_is_exit_2_without_traceback(episodes, tmp_path, capsys):
+    """Defect (b): a missing checkpoint ended in a CheckpointError traceback with exit 1 (the code
+    for 'evaluated but damaged')."""
+    code, _, err = run([episodes["mcap"], "--checkpoint", tmp_path / "nonexistent", "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"checkpoint '{tmp_path / 'nonexistent'}' not found" in err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    code, _, err = run([episodes["mcap"], "--checkpoint", broken, "--no-progress"], capsys)
+    assert code == 2 and "Traceback" not in err and "lightvla-bag-eval: error:" in err and str(broken) in err
