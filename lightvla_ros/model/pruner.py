@@ -8,7 +8,8 @@ it voted for with a straight-through estimator.
 
 Beyond the reference: batch > 1 in eval mode. The reference's `patches[mask].view(B, -1, D)`
 mixes samples when keep counts differ; here each sample is gathered on its own and the patch
-block is right-padded to the largest kept count, with attention mask 0 on the padding.
+block is right-padded to the largest kept count, with attention mask 0 on the padding; prompts
+of different lengths (right-padded) vote without their padding (get_score's task_mask).
 """
 
 import math
@@ -56,14 +57,18 @@ class TokenPruner(nn.Module):
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         return x32.to(x.dtype)
 
-    def get_score(self, patches: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
+    def get_score(self, patches: torch.Tensor, task: torch.Tensor,
+                  task_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Patch-to-patch vote scores (guide section 3.2.2).
 
         patches (B, P, D), task (B, T, D) -> score (B, P, P); row i scores patch i's candidates.
+        task_mask (B, T) 0/1: a right-padded batch's padding is not attended to, so each sample
+        votes as it would alone.
         """
         patches = self.rms_norm(patches)  # (B, P, D)
         task = self.rms_norm(task)  # (B, T, D)
-        queries = F.scaled_dot_product_attention(patches, task, task)  # (B, P, D), one head
+        attn_mask = None if task_mask is None else task_mask.bool()[:, None, :]  # (B, 1, T)
+        queries = F.scaled_dot_product_attention(patches, task, task, attn_mask=attn_mask)  # (B, P, D), one head
         queries = self.rms_norm(queries)
         return queries @ patches.transpose(-2, -1) * self.scale_factor  # (B, P, P)
 
@@ -104,7 +109,10 @@ class TokenPruner(nn.Module):
         pos_bos, pos_patches, pos_task = torch.split(position_ids, split, dim=1)
         am_bos, am_patches, am_task = torch.split(attention_mask, split, dim=1)
 
-        score = self.get_score(patches, task)  # (B, P, P)
+        if self.training or bool(am_task.bool().all()):
+            score = self.get_score(patches, task)  # (B, P, P), the reference's votes
+        else:  # a right-padded eval batch (prompts of different lengths): padding must not sway the votes
+            score = self.get_score(patches, task, am_task)
 
         if self.training:
             indices, patches = self.score_to_indices(score, patches)  # (B, P), (B, P, D)

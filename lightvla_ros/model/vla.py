@@ -23,6 +23,7 @@ from .pruner import TokenPruner
 from .vision import VisionBackbone
 
 PLACEHOLDER_TOKEN_ID = ACTION_TOKEN_BEGIN_IDX + 1  # any id works: placeholder embeddings are zeroed
+PAD_TOKEN_ID = 0  # right padding of a batch: masked out of the LLM and of the pruner's task attention
 
 # Which chunk*dim rows of the LLM output feed the action head, as an offset from the placeholder
 # rows (docs/model.md "Action rows"; REFERENCE.md). Sequence: [BOS] [patches] [proprio] [prompt]
@@ -248,42 +249,66 @@ class LightVLA(nn.Module):
 
     def build_inputs(self, images: list[np.ndarray], instruction: str, center_crop: bool = True):
         """-> pixel_values (1, C, S, S), input_ids (1, T), attention_mask (1, T), on the model's device."""
+        return self.build_batch_inputs([images], [instruction], center_crop)
+
+    def build_batch_inputs(self, images: list[list[np.ndarray]], instructions: list[str], center_crop: bool = True):
+        """One sample per (images, instruction) -> pixel_values (B, C, S, S), input_ids (B, T),
+        attention_mask (B, T): prompts of different lengths are right-padded (mask 0)."""
         if self.tokenizer is None:
             raise RuntimeError("model has no tokenizer; load it with load_vla()")
-        if len(images) != self.num_images:
-            raise ValueError(f"expected {self.num_images} image(s), got {len(images)}")
+        for sample in images:
+            if len(sample) != self.num_images:
+                raise ValueError(f"expected {self.num_images} image(s), got {len(sample)}")
         param = next(self.parameters())
-        pixel_values = images_to_pixel_values(images, self.image_transform, center_crop)
-        ids = self.tokenizer.prompt_ids(instruction) + [PLACEHOLDER_TOKEN_ID] * self.num_action_tokens
-        ids.append(STOP_TOKEN_ID)
-        input_ids = torch.tensor([ids], dtype=torch.long, device=param.device)
-        return (pixel_values.to(param.device, param.dtype), input_ids, torch.ones_like(input_ids))
+        pixel_values = torch.cat([images_to_pixel_values(sample, self.image_transform, center_crop)
+                                  for sample in images])  # (B, C, S, S)
+        ids = [self.tokenizer.prompt_ids(text) + [PLACEHOLDER_TOKEN_ID] * self.num_action_tokens + [STOP_TOKEN_ID]
+               for text in instructions]
+        width = max(len(row) for row in ids)
+        input_ids = torch.tensor([row + [PAD_TOKEN_ID] * (width - len(row)) for row in ids],
+                                 dtype=torch.long, device=param.device)  # (B, T)
+        attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids],
+                                      dtype=torch.long, device=param.device)  # (B, T)
+        return pixel_values.to(param.device, param.dtype), input_ids, attention_mask
 
     def predict_action(self, images: list[np.ndarray], instruction: str, proprio: np.ndarray | None = None,
                        unnorm_key: str | None = None, center_crop: bool = True) -> Prediction:
         """Images (H, W, 3) uint8 per camera + instruction (+ raw proprio) -> unnormalised chunk."""
+        return self.predict_action_batch([images], [instruction], [proprio], unnorm_key, center_crop)[0]
+
+    def predict_action_batch(self, images: list[list[np.ndarray]], instructions: list[str],
+                             proprios: list[np.ndarray | None] | None = None, unnorm_key: str | None = None,
+                             center_crop: bool = True) -> list[Prediction]:
+        """predict_action for B samples in one forward pass (the pruner keeps each sample's own
+        patches); equal to B single calls within float tolerance. Timings are the batch's."""
         start = time.perf_counter()
         stats = self.norm_stats[self.resolve_unnorm_key(unnorm_key)]
-        pixel_values, input_ids, attention_mask = self.build_inputs(images, instruction, center_crop)
+        bsz = len(images)
+        if len(instructions) != bsz or (proprios is not None and len(proprios) != bsz):
+            raise ValueError(f"{bsz} image sets but {len(instructions)} instructions"
+                             + ("" if proprios is None else f" and {len(proprios)} proprio vectors"))
+        pixel_values, input_ids, attention_mask = self.build_batch_inputs(images, instructions, center_crop)
         proprio_t = None
-        if proprio is not None and self.proprio_projector is not None:
+        given = [p is not None for p in proprios] if proprios is not None else [False] * bsz
+        if any(given) and self.proprio_projector is not None:
+            if not all(given):
+                raise ValueError("proprio must be given for every sample of a batch or for none")
             if "proprio" not in stats:
                 raise CheckpointError("no proprio statistics for this dataset", file="dataset_statistics.json",
                                       key="proprio")
-            p = normalize_proprio(np.asarray(proprio, dtype=np.float32), stats["proprio"],
-                                  self.platform.normalization)
-            proprio_t = torch.from_numpy(p)[None].to(input_ids.device)
+            p = np.stack([normalize_proprio(np.asarray(x, dtype=np.float32), stats["proprio"],
+                                            self.platform.normalization) for x in proprios])
+            proprio_t = torch.from_numpy(p).to(input_ids.device)  # (B, proprio_dim)
         timings: dict[str, float] = {}
         preprocess = time.perf_counter() - start
         with torch.inference_mode():
             normalized = self(pixel_values, input_ids, attention_mask, proprio=proprio_t, timings=timings)
-        normalized = normalized[0].float().cpu().numpy()  # (chunk, dim)
-        actions = unnormalize_actions(normalized, stats["action"], self.platform.normalization)
-        keep = self.last_keep_mask[0].view(self.num_images, -1)  # (num_images, 256)
+        normalized = normalized.float().cpu().numpy()  # (B, chunk, dim)
+        keep = self.last_keep_mask.view(bsz, self.num_images, -1).sum(dim=2).tolist()  # (B, num_images)
+        actions = [unnormalize_actions(normalized[b], stats["action"], self.platform.normalization) for b in range(bsz)]
         # total: the whole call (preprocess + network + unnormalise), not just the forward
         timings.update(preprocess=preprocess, forward=timings["total"], total=time.perf_counter() - start)
-        return Prediction(
-            actions=actions,
-            normalized_actions=normalized.astype(np.float32), timings=timings,
-            kept_per_image=[int(k) for k in keep.sum(dim=1).tolist()],
-            total_per_image=[self.vision_backbone.num_patches] * self.num_images)
+        return [Prediction(actions=actions[b], normalized_actions=normalized[b].astype(np.float32),
+                           timings=dict(timings), kept_per_image=[int(k) for k in keep[b]],
+                           total_per_image=[self.vision_backbone.num_patches] * self.num_images)
+                for b in range(bsz)]

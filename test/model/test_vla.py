@@ -175,6 +175,21 @@ def test_batch_of_two_equals_single_runs(vla, images):
     torch.testing.assert_close(batch, torch.cat(single), atol=1e-4, rtol=1e-4)
 
 
+def test_batch_of_prompts_of_different_lengths_equals_single_runs(vla, images, proprio):
+    """predict_action_batch right-pads the shorter prompt: the padding changes neither the votes
+    (the pruner's task attention masks it) nor the actions."""
+    texts = [INSTRUCTION, "open the top drawer and put the bowl inside of it, then close it"]
+    sets = [images, [images[1], np.zeros_like(images[0])]]
+    _, ids, _ = vla.build_batch_inputs(sets, texts)
+    single = [vla.predict_action(s, t, proprio) for s, t in zip(sets, texts)]
+    batch = vla.predict_action_batch(sets, texts, [proprio, proprio + 0.1])
+    single[1] = vla.predict_action(sets[1], texts[1], proprio + 0.1)
+    assert len(vla.tokenizer.prompt_ids(texts[0])) != len(vla.tokenizer.prompt_ids(texts[1])) and ids.shape[0] == 2
+    for one, many in zip(single, batch):
+        assert many.kept_per_image == one.kept_per_image
+        np.testing.assert_allclose(many.actions, one.actions, atol=1e-4, rtol=1e-4)
+
+
 def test_right_padded_batch_finds_action_positions(vla, images):
     """Default action mask follows each sample's last valid token (right padding)."""
     pv, ids, mask = vla.build_inputs(images, INSTRUCTION)
