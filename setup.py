@@ -1,4 +1,11 @@
-"""ament_python setup for lightvla_ros: works with `colcon build` and with plain pip."""
+"""ament_python setup for lightvla_ros: works with `colcon build` (also --symlink-install) and with pip.
+
+data_files is what a colcon install puts under share/ (the ament index marker, package.xml, launch,
+config, the shipped checkpoint); setup.cfg puts the console scripts in lib/lightvla_ros, where
+`ros2 run` and launch_ros look. scripts/register_ament.py lays out the same for the editable pip
+install in .venv (which installs no data_files). Dependencies are declared in package.xml (rosdep)
+and pinned in requirements/ (pip), not here.
+"""
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -34,13 +41,13 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
         ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
+        ("share/" + PACKAGE + "/checkpoints/lightvla-lift", glob("checkpoints/lightvla-lift/*")),
     ],
-    install_requires=["setuptools"],
-    zip_safe=True,
+    zip_safe=False,
     maintainer="lightvla_ros maintainers",
     maintainer_email="maintainers@lightvla-ros.dev",
     description="LightVLA policy, sim bridge and bag evaluation for ROS 2.",
     license="MIT",
-    tests_require=["pytest"],
+    extras_require={"test": ["pytest"]},
     entry_points={"console_scripts": [f"{name} = {target}" for name, target in CONSOLE_SCRIPTS]},
 )

@@ -25,7 +25,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # 2. Python packages, skipped when the stamp matches.
-stamp_inputs=(requirements/base.txt requirements/nodeps.txt scripts/install.sh setup.py package.xml
+stamp_inputs=(requirements/base.txt requirements/nodeps.txt scripts/install.sh setup.py setup.cfg package.xml
               lightvla_interfaces/CMakeLists.txt lightvla_interfaces/package.xml lightvla_interfaces/pyproject.toml)
 stamp_inputs+=(msg/*.msg srv/*.srv scripts/build_interfaces.sh)
 want="$(cat "${stamp_inputs[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
@@ -47,7 +47,11 @@ else
   log "environment up to date ($VENV)"
 fi
 
-# 3. The default tiny checkpoint, generated locally (no hub access needed).
+# 3. The ament index entries a colcon install would have (share/lightvla_ros, lib/lightvla_ros/<exe>),
+#    as symlinks into this tree: the editable install has none. Cheap; keeps up with new files.
+"$PY" scripts/register_ament.py "$VENV"
+
+# 4. The default tiny checkpoint, generated locally (no hub access needed).
 CKPT="$ROOT/data/checkpoints/lightvla-tiny"
 if [ ! -f "$CKPT/config.json" ]; then
   log "generating the default tiny checkpoint at $CKPT"
