@@ -1,7 +1,7 @@
 """Configuration facts: platform constants, backbone ids, model sizes, device and dtype.
 
-Platform constants come from the checkpoint configuration, never from argv (REFERENCE.md
-"Constants": the reference scans sys.argv; a ROS node must not).
+Platform constants come from the checkpoint configuration, never from argv (OpenVLA-OFT's
+prismatic/vla/constants.py picks them by scanning sys.argv; a ROS node must not).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pre- and post-processing around the network: images in, proprio in, actions out.
 
-Images follow OFT's LIBERO eval path (REFERENCE.md "LIBERO image resize"; openvla-oft
+Images follow OFT's LIBERO eval path (docs/model.md "Images"; moojink/openvla-oft
 experiments/robot/openvla_utils.py `prepare_images_for_vla`): an image not already at the model's
 size goes through a JPEG encode/decode round trip at TF's default quality (95; model/jpeg.py, as
 TF's libjpeg-turbo decodes it) and a lanczos3 resize with antialiasing (TF's kernel, in float),

@@ -1,6 +1,6 @@
 """LightVLA TokenPruner: parameter-free visual-token pruning by patch voting.
 
-Faithful to the reference (guide sections 2.3, 3, 7; docs REFERENCE.md "TokenPruner"):
+Faithful to the reference, `TokenPruner` in LiAutoAD/LightVLA prismatic/extern/hf/modeling_prismatic.py:
 every patch builds a task-aware query (attention over the task tokens), scores all patches,
 and votes for its argmax. Inference keeps the voted-for patches (original order, ORIGINAL
 position ids and mask entries); training keeps the length and replaces each patch by the one
@@ -20,7 +20,7 @@ from torch import nn
 
 
 class TokenPruner(nn.Module):
-    """Prunes the patch block of `[BOS] + [num_patches patches] + [task]` (guide section 8.1).
+    """Prunes the patch block of `[BOS] + [num_patches patches] + [task]` (the reference's place for it).
 
     No learnable parameters; `config` only needs `.hidden_size`. After each forward,
     `last_keep_mask` (B, P) bool and `last_kept_counts` (B,) long describe the votes.
@@ -30,7 +30,7 @@ class TokenPruner(nn.Module):
         super().__init__()
         self.hidden_size = int(config.hidden_size)
         self.num_patches = num_patches
-        self.noise_scale = None  # set by the fine-tuning schedule (guide section 8.6)
+        self.noise_scale = None  # set by the fine-tuning schedule (1 - step / max_steps)
         self.scale_factor = 1 / math.sqrt(self.hidden_size)
         self.last_keep_mask = None  # (B, P) bool
         self.last_kept_counts = None  # (B,) long
@@ -41,7 +41,7 @@ class TokenPruner(nn.Module):
 
     @num_patches.setter
     def num_patches(self, value: int) -> None:
-        # P = 256 x number of images; all images are pruned jointly (guide section 8.2)
+        # P = 256 x number of images; all images are pruned jointly, as in the reference
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"num_patches must be a positive int, got {value!r}")
         self._num_patches = value
@@ -59,7 +59,7 @@ class TokenPruner(nn.Module):
 
     def get_score(self, patches: torch.Tensor, task: torch.Tensor,
                   task_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Patch-to-patch vote scores (guide section 3.2.2).
+        """Patch-to-patch vote scores (the reference's get_score).
 
         patches (B, P, D), task (B, T, D) -> score (B, P, P); row i scores patch i's candidates.
         task_mask (B, T) 0/1: a right-padded batch's padding is not attended to, so each sample

@@ -3,7 +3,7 @@ L1-regression action head) + the parameter-free TokenPruner before decoder layer
 
 The pruner runs between the embeddings and the LLM without a copy of LlamaModel.forward: we
 build the multimodal embeddings ourselves, prune (embeds, position_ids, mask), and call the
-LLM with inputs_embeds / position_ids / a 2-D attention mask (guide section 5; REFERENCE.md).
+LLM with inputs_embeds / position_ids / a 2-D attention mask (as LightVLA's modeling_prismatic.py does).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ PLACEHOLDER_TOKEN_ID = ACTION_TOKEN_BEGIN_IDX + 1  # any id works: placeholder e
 PAD_TOKEN_ID = 0  # right padding of a batch: masked out of the LLM and of the pruner's task attention
 
 # Which chunk*dim rows of the LLM output feed the action head, as an offset from the placeholder
-# rows (docs/model.md "Action rows"; REFERENCE.md). Sequence: [BOS] [patches] [proprio] [prompt]
+# rows (docs/model.md "Action rows"). Sequence: [BOS] [patches] [proprio] [prompt]
 # [placeholders] [STOP].
 #   oft:      one row BEFORE the placeholders (last prompt token + all placeholders but the last):
 #             OpenVLA-OFT inference, and the training rows of both OFT and LightVLA.
@@ -123,7 +123,7 @@ class LightVLA(nn.Module):
         return self.platform.chunk_size * self.platform.action_dim
 
     def set_num_images_in_input(self, num_images: int) -> None:
-        """The ONE place that changes the image count: backbone and pruner stay in sync (guide 8.2)."""
+        """The ONE place that changes the image count: backbone and pruner stay in sync."""
         self.vision_backbone.num_images = num_images
         self.pruner.num_patches = self.vision_backbone.num_patches * num_images
 

@@ -1,6 +1,6 @@
 """Makes LIBERO importable offline, idempotently, before anything imports `libero.libero`.
 
-Two quirks of libero==0.1.1 (shared/docs/SIM.md):
+Two quirks of libero==0.1.1 (docs/sim.md, "LIBERO offline set-up"):
 - `import libero.libero` asks a question on stdin when `$LIBERO_CONFIG_PATH/config.yaml` is
   missing (EOFError under CI): we write that file to a project-owned directory first.
 - it looks for scene/object assets only in `<site-packages>/libero/libero/assets` and otherwise

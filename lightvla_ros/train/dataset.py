@@ -13,7 +13,7 @@ sources, where the episodes came from; docs/training.md).
 A training sample at step t is (images at t, proprio at t, instruction, actions t..t+chunk-1),
 the chunk padded past the episode end by repeating the last action (OFT's RLDS chunking).
 Actions and proprio are normalised with the checkpoint's dataset_statistics.json entry the
-same way predict_action undoes it (REFERENCE.md "Unnormalise"): bounds_q99 / bounds, per-dim mask.
+same way predict_action undoes it (as OpenVLA-OFT does): bounds_q99 / bounds, per-dim mask.
 """
 from __future__ import annotations
 

@@ -3,11 +3,11 @@
     lightvla-finetune CHECKPOINT_DIR OUT_DIR --data EPISODES_DIR [--steps N] [--lora] ...
     lightvla-finetune CHECKPOINT_DIR OUT_DIR --synthetic        (a toy dataset, to try it out)
 
-What one step does (guide sections 2.4, 5.4, 6.1, 8.6; REFERENCE.md "TokenPruner"):
+What one step does (as LiAutoAD/LightVLA vla-scripts/finetune.py does it):
   - pruner.set_noise_scale(1 - step / max_steps): uniform vote noise decays linearly to 0;
   - forward in train mode: the pruner replaces each patch by the one it voted for with a
     straight-through estimator, so the sequence length is unchanged (training is not faster,
-    guide 8.3; the speed-up comes at inference, where the voted-for patches alone are kept);
+    the speed-up comes at inference, where the voted-for patches alone are kept);
   - L1 loss between the action head's chunk and the normalised ground-truth chunk; AdamW;
     grad-norm clipping. The head reads the "oft" rows (one row before the chunk*dim placeholders:
     the label-shifted action mask of both references' vla-scripts/finetune.py), per sample with
@@ -50,7 +50,7 @@ class FinetuneConfig:
     learning_rate: float = 5e-4  # OFT's default
     weight_decay: float = 0.0
     grad_clip: float = 1.0  # max grad norm; <= 0 disables
-    noise_schedule: bool = True  # noise_scale = 1 - step / max_steps (guide 8.6)
+    noise_schedule: bool = True  # noise_scale = 1 - step / max_steps (the reference's schedule)
     use_lora: bool = False
     lora_rank: int = 32
     lora_alpha: int = 16  # OFT: min(rank, 16)
@@ -169,7 +169,7 @@ def prepare_model(vla: LightVLA, cfg: FinetuneConfig):
         vla.requires_grad_(True)
     if cfg.freeze_vision_backbone:
         vla.vision_backbone.requires_grad_(False)
-    # the TokenPruner has no parameters: nothing to unfreeze (guide 4.2 "LoRA unfreezes pruner")
+    # the TokenPruner has no parameters: nothing to unfreeze (the reference unfreezes it under LoRA)
     assert not list(vla.pruner.parameters())
     return peft_model
 

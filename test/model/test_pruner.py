@@ -1,4 +1,4 @@
-"""TokenPruner: faithful semantics (guide sections 2, 3, 7; REFERENCE.md) and batch > 1."""
+"""TokenPruner: faithful semantics (LiAutoAD/LightVLA modeling_prismatic.py) and batch > 1."""
 import types
 
 import pytest

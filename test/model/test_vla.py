@@ -110,7 +110,7 @@ def test_one_and_two_images(vla, images, proprio):
 
 
 def test_patch_count_mismatch_raises(vla, images, proprio):
-    """Changing only the backbone (guide 8.2's mistake) is caught at forward time."""
+    """Changing only the backbone (what set_num_images_in_input prevents) is caught at forward time."""
     pixel_values, input_ids, mask = vla.build_inputs(images, INSTRUCTION)
     vla.vision_backbone.num_images = 1
     with pytest.raises(ValueError, match="pixel_values must be"):

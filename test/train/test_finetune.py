@@ -99,7 +99,7 @@ def test_full_finetune_loss_falls_schedule_and_reload(checkpoint, tmp_path):
 
     losses = [h.loss for h in hist]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
-    # noise_scale = 1 - step / max_steps, set before every step (guide 8.6); off afterwards
+    # noise_scale = 1 - step / max_steps, set before every step (the reference's schedule); off afterwards
     np.testing.assert_allclose([h.noise_scale for h in hist], [1 - s / steps for s in range(steps)])
     assert result.model.pruner.noise_scale is None
     # train mode: straight-through votes, sequence length unchanged, yet fewer distinct patches
