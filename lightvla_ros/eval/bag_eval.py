@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 from lightvla_ros.eval.bag_io import BagError, BagReader
 from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, BagReplay, ReplayConfig, node_setting
+from lightvla_ros.policy.config import DEFAULTS
 from lightvla_ros.eval.bag_report import (EvalOptions, Frame, build_report, checkpoint_identity, compare_reports,
                                           compare_text, episode_entry, load_report, summary_text)
 from lightvla_ros.model.errors import CheckpointError
@@ -34,13 +35,7 @@ def default_proprio_sources(policy: Any, meta: dict) -> list[str]:
         return []
     if isinstance(meta.get("proprio_sources"), list):
         return [str(s) for s in meta["proprio_sources"]]
-    try:
-        from lightvla_ros.nodes import policy_node
-        return list(policy_node.PARAMETERS["proprio_sources"][0])
-    except Exception:  # noqa: BLE001 - the node needs rclpy; the core does not
-        pass
-    raise ValueError(f"the checkpoint takes proprio ({policy.proprio_dim} values): pass --proprio-sources "
-                     "as the policy node was configured, e.g. eef_pos eef_axis_angle joint:<finger1> joint:<finger2>")
+    return list(DEFAULTS.proprio_sources)
 
 
 def replay_config(args: argparse.Namespace, policy: Any, meta: dict) -> ReplayConfig:
@@ -51,7 +46,9 @@ def replay_config(args: argparse.Namespace, policy: Any, meta: dict) -> ReplayCo
         proprio_sources=args.proprio_sources if args.proprio_sources is not None
         else default_proprio_sources(policy, meta),
         instruction=args.instruction or "",
-        pairing_tolerance=node_setting(args.pairing_tolerance, meta, "pairing_tolerance", 0.05),
+        pairing_tolerance=node_setting(args.pairing_tolerance, meta, "pairing_tolerance", DEFAULTS.pairing_tolerance),
+        action_min=list(meta.get("action_min") or []), action_max=list(meta.get("action_max") or []),
+        limit_mode=str(meta.get("limit_mode") or DEFAULTS.limit_mode),
         proprio_sync_tolerance=node_setting(args.proprio_sync_tolerance, meta, "proprio_sync_tolerance", None),
         max_observation_age=args.max_observation_age, max_frames=args.max_frames)
 
@@ -64,6 +61,7 @@ def bag_entry(reader: BagReader, meta: dict, replay: BagReplay | None) -> dict:
             "damage": list(reader.damage), "complete": not reader.damage,
             "chunks_recorded": replay.chunks_recorded if replay else 0,
             "chunks_unmatched": replay.chunks_unmatched if replay else 0,
+            "chunks_refused_by_limits": replay.refused_chunks if replay else 0,
             "rejections": dict(replay.rejections) if replay else {}}
 
 
@@ -79,6 +77,7 @@ def evaluate_bag(path: str | Path, policy: Any, args: argparse.Namespace, progre
         policy.reset()
         for pair in replay:
             out = policy.infer(pair.observation)
+            out.actions = replay.as_executed(out.actions)   # the node's limits, as live
             rec = pair.recorded
             frames.append(Frame(pair.stamp_ns, out.actions, None if rec is None else rec.actions,
                                 dict(out.timings), int(out.kept_total), int(out.total_tokens),
@@ -195,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--pairing-tolerance", type=float, default=None, help="s; default: the bag's metadata, else 0.05")
     ap.add_argument("--proprio-sync-tolerance", type=float, default=None,
                     help="s; default: the bag's metadata, else off (as the node's parameter)")
-    ap.add_argument("--max-observation-age", type=float, default=0.5)
+    ap.add_argument("--max-observation-age", type=float, default=DEFAULTS.max_observation_age)
     ap.add_argument("--max-frames", type=int, default=0, help="per bag; 0 = all")
     ap.add_argument("--gripper-dim", type=int, default=-1)
     ap.add_argument("--gripper-threshold", type=float, default=0.0)

@@ -5,7 +5,10 @@ staleness against `now` = the bag time of the message just read). A recorded Act
 chunk topic names the observation it came from by its header stamp (= observation stamp); the
 replayed observation for that stamp is the last one assembled before the chunk was recorded, or,
 when the recorder got a camera frame of that stamp only after the chunk (a recorder sees topics in
-its own order), the first one assembled after it.
+its own order), the first one assembled after it. Times are integer ns (bag time and header stamps
+as recorded), so a chunk finds its observation by exact stamp. The replayed chunk goes through the
+same ChunkedPolicyRunner chunk rules as the live node, with the node's recorded limits
+(`BagReplay.as_executed`), so live and replay compare like with like.
 """
 from __future__ import annotations
 
@@ -17,13 +20,15 @@ from typing import Any, Iterator
 import numpy as np
 
 from lightvla_ros.eval.bag_io import BagError, BagReader
+from lightvla_ros.policy.clock import NEVER, to_ns
+from lightvla_ros.policy.config import DEFAULTS, RunnerConfig
 from lightvla_ros.policy.observation_sync import ObservationAssembler, Rejection
+from lightvla_ros.policy.runner import ChunkedPolicyRunner
 from lightvla_ros.policy.types import Observation
 
-DEFAULT_CAMERAS = ["/camera/agentview/image_raw", "/camera/wrist/image_raw"]
+DEFAULT_CAMERAS = list(DEFAULTS.camera_topics)
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CHUNK_TYPE = "lightvla_interfaces/msg/ActionChunk"
-
 
 
 def node_setting(arg, meta: dict, key: str, default):
@@ -32,18 +37,22 @@ def node_setting(arg, meta: dict, key: str, default):
     value = arg if arg is not None else meta.get(key, default)
     return None if value is None or float(value) < 0 else float(value)
 
+
 @dataclass
 class ReplayConfig:
     camera_topics: list[str] = field(default_factory=lambda: list(DEFAULT_CAMERAS))
-    joint_topic: str = "/joint_states"
-    eef_topic: str = "/eef_pose"
-    instruction_topic: str = "/instruction"
+    joint_topic: str = DEFAULTS.joint_states_topic
+    eef_topic: str = DEFAULTS.eef_pose_topic
+    instruction_topic: str = DEFAULTS.instruction_topic
     chunk_topic: str = "/lightvla/action_chunk"
     proprio_sources: list[str] = field(default_factory=list)
     instruction: str = ""               # used when the bag has no instruction topic
-    pairing_tolerance: float = 0.05     # s, as the policy node
-    proprio_sync_tolerance: float | None = None  # s, as the policy node (None: off)
-    max_observation_age: float = 0.5    # s, as the policy node
+    pairing_tolerance: float = DEFAULTS.pairing_tolerance      # s, as the policy node
+    proprio_sync_tolerance: float | None = None                 # s, as the policy node (None: off)
+    max_observation_age: float = DEFAULTS.max_observation_age  # s, as the policy node
+    action_min: list[float] = field(default_factory=list)       # the node's limits ([] = none)
+    action_max: list[float] = field(default_factory=list)
+    limit_mode: str = DEFAULTS.limit_mode
     max_frames: int = 0                 # 0 = all
     keep_pending: int = 64              # observations kept while waiting for their recorded chunk
     late_frame_window: float = 1.0      # s of bag time a chunk waits for a camera frame recorded after it
@@ -108,6 +117,8 @@ class BagReplay:
         self.rejections: Counter[str] = Counter()
         self.chunks_recorded = 0
         self.chunks_unmatched = 0
+        self.refused_chunks = 0              # chunks the node's limits / NaN rule would have refused
+        self._checker: ChunkedPolicyRunner | None = None
         self.has_chunks = cfg.chunk_topic in reader.topics and (reader.topics[cfg.chunk_topic].count or 0) > 0
         required: dict[str, str | None] = {t: None for t in cfg.camera_topics}
         if cfg.proprio_sources and any(s.startswith("joint:") for s in cfg.proprio_sources):
@@ -123,45 +134,62 @@ class BagReplay:
         if self.has_chunks:
             reader.require({cfg.chunk_topic: CHUNK_TYPE})
 
+    def as_executed(self, actions: np.ndarray, action_dim: int | None = None) -> np.ndarray:
+        """A replayed chunk as the live node would have published it: the runner's chunk rules (NaN,
+        limits, limit_mode) with the node's recorded limits. A chunk the node would have refused is
+        counted in `refused_chunks` and returned as computed."""
+        actions = np.asarray(actions, dtype=np.float32)
+        if self._checker is None or self._checker.action_dim != actions.shape[-1]:
+            cfg = RunnerConfig(camera_names=tuple(self.cfg.camera_topics), camera_topics=tuple(self.cfg.camera_topics),
+                               proprio_sources=tuple(self.cfg.proprio_sources), action_min=tuple(self.cfg.action_min),
+                               action_max=tuple(self.cfg.action_max), limit_mode=self.cfg.limit_mode)
+            self._checker = ChunkedPolicyRunner(cfg, actions.shape[0], actions.shape[-1])
+        checked = self._checker.check_chunk(actions)
+        if checked is None:
+            self.refused_chunks += 1
+            return actions
+        return checked
+
     def __iter__(self) -> Iterator[Pair]:
         cfg, reader = self.cfg, self.reader
-        asm = ObservationAssembler(cfg.camera_topics, cfg.pairing_tolerance, cfg.max_observation_age,
+        asm = ObservationAssembler(cfg.camera_topics, to_ns(cfg.pairing_tolerance),
+                                   NEVER if cfg.max_observation_age is None else to_ns(cfg.max_observation_age),
                                    cfg.proprio_sources, instruction=cfg.instruction,
-                                   proprio_sync_tolerance=cfg.proprio_sync_tolerance)
+                                   proprio_sync_tolerance=None if cfg.proprio_sync_tolerance is None
+                                   else to_ns(cfg.proprio_sync_tolerance))
         topics = set(cfg.camera_topics) | {cfg.joint_topic, cfg.eef_topic, cfg.instruction_topic, cfg.chunk_topic}
-        pending: OrderedDict[int, tuple[Observation, int]] = OrderedDict()   # stamp µs -> (obs, t_ns)
-        waiting: dict[int, RecordedChunk] = {}   # stamp µs -> chunk recorded before its observation
+        pending: OrderedDict[int, tuple[Observation, int]] = OrderedDict()   # stamp ns -> (obs, t_ns)
+        waiting: dict[int, RecordedChunk] = {}   # stamp ns -> chunk recorded before its observation
         current: tuple[int, Observation, int] | None = None
         emitted = 0
         for m in reader.messages(topics & set(reader.topics)):
             if cfg.max_frames and emitted >= cfg.max_frames:
                 return
             msg = reader.decode(m)
-            now = m.t_ns * 1e-9
+            now = m.t_ns
             if m.topic == cfg.chunk_topic:
                 self.chunks_recorded += 1
                 rec = RecordedChunk(stamp_ns(msg.header), m.t_ns, chunk_actions(msg), float(msg.inference_latency),
                                     int(msg.visual_tokens_kept), int(msg.visual_tokens_total))
-                key = next((k for k in (round(rec.stamp_ns / 1e3) + d for d in (0, -1, 1)) if k in pending), None)
-                if key is not None:
-                    obs, t_obs = pending.pop(key)
+                if rec.stamp_ns in pending:
+                    obs, t_obs = pending.pop(rec.stamp_ns)
                     emitted += 1
                     yield Pair(obs, rec.stamp_ns, t_obs, rec)
                 else:   # the recorder may get a camera frame after the chunk (topics are not ordered)
-                    waiting[round(rec.stamp_ns / 1e3)] = rec
-                for k in [k for k, r in waiting.items() if m.t_ns - r.t_ns > cfg.late_frame_window * 1e9]:
+                    waiting[rec.stamp_ns] = rec
+                for k in [k for k, r in waiting.items() if m.t_ns - r.t_ns > to_ns(cfg.late_frame_window)]:
                     del waiting[k]
                     self.chunks_unmatched += 1
                 continue
             try:
                 if m.topic in cfg.camera_topics:
-                    asm.add_image(m.topic, image_to_rgb(msg, m.msgtype), stamp_ns(msg.header) * 1e-9)
+                    asm.add_image(m.topic, image_to_rgb(msg, m.msgtype), stamp_ns(msg.header))
                 elif m.topic == cfg.joint_topic:
                     asm.add_joint_state(list(msg.name), np.asarray(msg.position, dtype=np.float64),
-                                        stamp_ns(msg.header) * 1e-9)
+                                        stamp_ns(msg.header))
                 elif m.topic == cfg.eef_topic:
                     p, q = msg.pose.position, msg.pose.orientation
-                    asm.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_ns(msg.header) * 1e-9)
+                    asm.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_ns(msg.header))
                 elif m.topic == cfg.instruction_topic and not cfg.instruction:
                     asm.set_instruction(msg.data)
             except ValueError as err:
@@ -171,11 +199,10 @@ class BagReplay:
                 if m.topic in cfg.camera_topics:
                     self.rejections[out.reason] += 1
                 continue
-            s = round(out.stamp * 1e6)         # µs key: float seconds cannot hold epoch ns exactly
-            late = next((k for k in (s, s - 1, s + 1) if k in waiting), None)
-            if late is not None and m.topic in cfg.camera_topics:
+            s = out.stamp                      # integer ns: the recorded chunk's stamp exactly
+            if s in waiting and m.topic in cfg.camera_topics:
                 emitted += 1
-                rec = waiting.pop(late)
+                rec = waiting.pop(s)
                 yield Pair(out, rec.stamp_ns, m.t_ns, rec)
             elif self.has_chunks:
                 pending[s] = (out, m.t_ns)       # the last assembly for this stamp wins
@@ -185,8 +212,8 @@ class BagReplay:
             else:                                # no recorded chunks: each new stamp is one frame
                 if current is not None and current[0] != s:
                     emitted += 1
-                    yield Pair(current[1], current[0] * 1000, current[2], None)
+                    yield Pair(current[1], current[0], current[2], None)
                 current = (s, out, m.t_ns)
         self.chunks_unmatched += len(waiting)
         if current is not None and not (cfg.max_frames and emitted >= cfg.max_frames):
-            yield Pair(current[1], current[0] * 1000, current[2], None)
+            yield Pair(current[1], current[0], current[2], None)

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record every episode with lightvla-record into DIR/<suite>_<task>_<init>[_<n>]/")
     ap.add_argument("--record-storage", choices=("mcap", "sqlite3"), default="mcap")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    from lightvla_ros.eval.ray_eval import add_arguments as add_ray_arguments
+    add_ray_arguments(ap)  # --ray [ADDRESS], --trials-per-task, --results, --resume, ...
     return ap
 
 
@@ -307,10 +309,11 @@ def run_in_process(args, episodes: list[dict], progress=None) -> list[dict]:
                                          gripper_postprocess=str(bridge.get("gripper_postprocess", "none")))
                 rec = {**ep, "task_name": out.task, "success": out.success, "steps": out.wait_steps + out.policy_steps,
                        "policy_steps": out.policy_steps, "wait_steps": out.wait_steps,
-                       "actions_applied": out.policy_steps, "dropped_steps": 0, "duration": out.seconds,
+                       "actions_applied": out.policy_steps - out.dropped_steps, "dropped_steps": out.dropped_steps,
+                       "duration": out.seconds,
                        "chunks": out.chunks, "kept_tokens": out.kept_tokens,
                        "total_tokens": [out.total_tokens] * len(out.kept_tokens), "instruction": env.instruction,
-                       "message": "success" if out.success else "max_steps", "in_process": True}
+                       "message": out.message, "in_process": True}
                 records.append(rec)
                 if progress:
                     progress(rec)
@@ -338,6 +341,11 @@ def run_eval(args) -> dict:
         if not Path(args.checkpoint).is_dir():
             raise SystemExit(f"checkpoint directory {args.checkpoint} does not exist "
                              "(generate one with lightvla-make-checkpoint DIR --size tiny)")
+    if args.ray is not None:  # the Ray protocol runner: lightvla_ros.eval.ray_eval, docs/ray.md
+        if args.in_process or args.record:
+            raise SystemExit("--ray runs the episodes in-process on Ray workers: no --in-process, no --record")
+        from lightvla_ros.eval.ray_eval import run_ray_eval
+        return run_ray_eval(args)
     episodes = episode_list(args)
     action_rows = action_rows_report(args)  # before any worker starts
     workers = max(1, min(int(args.workers), len(episodes)))
@@ -417,6 +425,9 @@ def main(argv=None) -> int:
     report["report_path"] = str(path.resolve())
     path.write_text(json.dumps(report, indent=2))
     print(format_summary(report), flush=True)
+    if args.ray is not None:
+        from lightvla_ros.eval.ray_eval import format_extra
+        print(format_extra(report), flush=True)
     if args.record:
         bags = [e["bag"] for e in report["episodes"] if e.get("bag")]
         bad = [f"{e['bag']}: {e['bag_error']}" for e in report["episodes"] if e.get("bag_error")]

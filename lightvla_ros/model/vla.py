@@ -262,14 +262,21 @@ class LightVLA(nn.Module):
         param = next(self.parameters())
         pixel_values = torch.cat([images_to_pixel_values(sample, self.image_transform, center_crop)
                                   for sample in images])  # (B, C, S, S)
+        input_ids, attention_mask = self.prompt_batch(instructions)
+        return pixel_values.to(param.device, param.dtype), input_ids, attention_mask
+
+    def prompt_batch(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The token layout, for serving and training alike: prompt (BOS included), action
+        placeholders, STOP; right-padded -> input_ids (B, T), attention_mask (B, T)."""
+        device = next(self.parameters()).device
         ids = [self.tokenizer.prompt_ids(text) + [PLACEHOLDER_TOKEN_ID] * self.num_action_tokens + [STOP_TOKEN_ID]
                for text in instructions]
         width = max(len(row) for row in ids)
         input_ids = torch.tensor([row + [PAD_TOKEN_ID] * (width - len(row)) for row in ids],
-                                 dtype=torch.long, device=param.device)  # (B, T)
+                                 dtype=torch.long, device=device)  # (B, T)
         attention_mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids],
-                                      dtype=torch.long, device=param.device)  # (B, T)
-        return pixel_values.to(param.device, param.dtype), input_ids, attention_mask
+                                      dtype=torch.long, device=device)  # (B, T)
+        return input_ids, attention_mask
 
     def predict_action(self, images: list[np.ndarray], instruction: str, proprio: np.ndarray | None = None,
                        unnorm_key: str | None = None, center_crop: bool = True) -> Prediction:

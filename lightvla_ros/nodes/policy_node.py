@@ -27,6 +27,7 @@ in rclpy 9.1: docs/safety.md.) Safety rules: docs/safety.md.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -51,6 +52,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from lightvla_interfaces.msg import ActionChunk, PruningStats
 from lightvla_interfaces.srv import SetInstruction
+from lightvla_ros.eval.bag_io import METADATA_TOPIC
 from lightvla_ros.policy.config import RUNTIME, RunnerConfig
 from lightvla_ros.policy.runner import ChunkedPolicyRunner, InferenceWorker, Result, Step
 from lightvla_ros.ros.conversions import (actions_to_joint_trajectory, compressed_to_rgb, image_to_rgb,
@@ -58,6 +60,10 @@ from lightvla_ros.ros.conversions import (actions_to_joint_trajectory, compresse
                                           step_to_action, time_to_ns)
 from lightvla_ros.ros.qos import LATCHED, LIVE, RELIABLE, SENSOR, SERVICE
 
+# what a recorded bag keeps of the node's configuration (/lightvla/episode_metadata, docs/bags.md)
+RECORDED = ("camera_names", "camera_topics", "proprio_sources", "control_rate_hz", "execution_mode", "open_loop_steps",
+            "max_observation_age", "future_stamp_tolerance", "pairing_tolerance", "proprio_sync_tolerance",
+            "action_min", "action_max", "limit_mode")
 EXPLODING = 1e4   # |action| at warm-up at or above this: the checkpoint is broken (no robot action is this large)
 LIST_TYPES = {"double": Parameter.Type.DOUBLE_ARRAY, "string": Parameter.Type.STRING_ARRAY}
 
@@ -109,6 +115,7 @@ class PolicyNode(Node):
         self.pub_traj = (self.create_publisher(JointTrajectory, "/lightvla/joint_trajectory", RELIABLE)
                          if self.action_space == "joint_position" else None)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
+        self.pub_config = self.create_publisher(String, METADATA_TOPIC, LATCHED)  # recorders store it in the bag
         self.create_service(Trigger, "~/reset", self._on_reset, qos_profile=SERVICE)
         self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction, qos_profile=SERVICE)
         self.add_on_set_parameters_callback(self._on_params)
@@ -172,6 +179,7 @@ class PolicyNode(Node):
             raise StartupError(f"checkpoint {ckpt!r} gives actions of magnitude >= {EXPLODING:g} (or NaN) at "
                                "warm-up: the weights or the dataset statistics are broken")
         self.worker.start()
+        self._publish_config()
         self.get_logger().info(
             f"policy ready (warm-up {time.monotonic() - t0:.2f} s; mode {cfg.execution_mode}, "
             f"{cfg.control_rate_hz:g} Hz, cameras {dict(zip(cfg.camera_names, cfg.camera_topics))})")
@@ -222,6 +230,7 @@ class PolicyNode(Node):
             self.runner.configure(**new)
         except (ValueError, TypeError) as e:
             return SetParametersResult(successful=False, reason=str(e))
+        self._publish_config()
         changed = sorted(n for n in new if n != "instruction")
         if changed:
             self.get_logger().info(f"parameters applied: {', '.join(f'{n}={new[n]!r}' for n in changed)}")
@@ -252,6 +261,12 @@ class PolicyNode(Node):
             self.pub_traj.publish(actions_to_joint_trajectory(out.actions, out.stamp, self.joint_names,
                                                               self.runner.period_ns))
         self._publish_step(result.step)
+
+    def _publish_config(self) -> None:
+        """The settings a bag replay needs to decide as this node did (latched; a recorder merges it
+        into the episode metadata, bag replay reads it back)."""
+        cfg = self.runner.config.to_dict()
+        self.pub_config.publish(String(data=json.dumps({k: cfg[k] for k in RECORDED})))
 
     def diagnostics_values(self) -> dict[str, str]:
         return self.runner.diagnostics()

@@ -50,11 +50,10 @@ from lightvla_interfaces.srv import RunEpisode
 # EGL context segfaults the next render (measured), and the bridge has no use for it.
 from lightvla_ros.policy.chunking import make_scheduler
 from lightvla_ros.policy.clock import to_ns
-from lightvla_ros.policy.gripper import libero_gripper_postprocess
+from lightvla_ros.sim.episode import SimClock, run_episode
 from lightvla_ros.ros.spin import spin_node
 
 ACTION_DIM = 7
-NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # LIBERO wait steps: still, gripper open
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
@@ -91,11 +90,6 @@ def chunk_actions(msg: ActionChunk) -> np.ndarray:
     if not np.all(np.isfinite(values)):
         raise ValueError("actions contain NaN/Inf")
     return values.reshape(n, d)
-
-
-def libero_gripper(action: np.ndarray) -> np.ndarray:
-    """OpenVLA LIBERO gripper convention -> the env's: [0,1] -> [-1,1], binarise, invert sign."""
-    return np.asarray(libero_gripper_postprocess(np.asarray(action, dtype=np.float32)), dtype=np.float64)
 
 
 @dataclass
@@ -165,7 +159,8 @@ class SimBridgeNode(Node):
         self._check_params()
 
         self.control_period_ns = int(round(1e9 / self.control_rate_hz))
-        self._sim_ns = self.control_period_ns  # lock-step sim time, monotonic across episodes
+        self._sim_clock = SimClock(self.control_period_ns)  # lock-step sim time, monotonic across episodes
+        self._stopping = False  # set at shutdown: an episode in progress ends at its next step
         self._env = None
         self._env_key = None
         # One thread owns the simulator: MuJoCo's offscreen GL (EGL) context is current only in the
@@ -326,48 +321,34 @@ class SimBridgeNode(Node):
         self.instruction_pub.publish(String(data=env.instruction))
         self.get_logger().info(f"episode {s.episode_id}: {suite} {env.task_name!r} init {init_state_index}, "
                                f"max {max_steps} steps: {env.instruction!r}")
-        for _ in range(env.num_wait_steps):  # objects settle; the policy is not asked
-            obs, _ = env.step(NOOP_ACTION)
-            s.wait_steps += 1
-            self._sim_ns += self.control_period_ns
         self._running = True
-        success = False
         self._sched = None  # action_input = chunk: the scheduler, made when the first chunk comes
         next_tick = time.monotonic()
-        message = "max_steps"
-        for k in range(max_steps):
-            if time.monotonic() - t_start > self.episode_timeout:
-                message = f"aborted: episode_timeout {self.episode_timeout:g} s"
-                break
+
+        def act(obs, t_ns: int):
+            """One policy step over ROS: publish the observation (and /clock), wait for its action."""
+            nonlocal next_tick
             if self.mode == "lock_step":
-                t_ns = self._sim_ns
                 self._publish_observation(env, obs, t_ns)
                 self.clock_pub.publish(Clock(clock=stamp_msg(t_ns)))
                 action = self._wait_action_lock_step(t_ns)
             else:
-                t_ns = self.get_clock().now().nanoseconds
-                self._publish_observation(env, obs, t_ns)
+                self._publish_observation(env, obs, self.get_clock().now().nanoseconds)
                 # a sim slower than real time does not pile up debt: the policy gets at least half a period
                 next_tick = max(next_tick + 1.0 / self.control_rate_hz, time.monotonic() + 0.5 / self.control_rate_hz)
                 action = self._wait_action_wall_clock(next_tick)
             if action is None:
-                s.dropped_steps += 1
                 self.counters["dropped_steps"] += 1
-                action = self._hold_action(obs)
-            else:
-                s.actions_applied += 1
-                if self.gripper_postprocess == "libero":
-                    action = libero_gripper(action)
-            obs, success = env.step(action)
-            s.policy_steps += 1
-            self._sim_ns += self.control_period_ns
-            if success:
-                message = "success"
-                break
+            return action
+
+        # the protocol (wait steps, max steps, gripper post-processing, hold, success) is the core's
+        out = run_episode(env, act, init_state_index, max_steps, self.gripper_postprocess, clock=self._sim_clock,
+                          obs=obs, timeout=self.episode_timeout, stop=lambda: self._stopping)
+        s.wait_steps, s.policy_steps, s.dropped_steps = out.wait_steps, out.policy_steps, out.dropped_steps
+        s.actions_applied = out.policy_steps - out.dropped_steps
+        success, message = out.success, out.message
         self._running = False
         s.success, s.message, s.duration = bool(success), message, time.monotonic() - t_start
-        if s.dropped_steps or s.late_actions or s.bad_actions:
-            s.message = message  # the counts are in the stats; keep the reason short
         result = EpisodeResult(suite=suite, task_name=env.task_name, init_state_index=init_state_index,
                                success=bool(success), steps=s.wait_steps + s.policy_steps,
                                duration=float(s.duration),
@@ -399,14 +380,14 @@ class SimBridgeNode(Node):
                 return a
         t0 = time.monotonic()
         deadline = t0 + self.action_timeout
-        while rclpy.ok():
+        while rclpy.ok() and not self._stopping:
             left = deadline - time.monotonic()
             if left <= 0:
                 self.get_logger().warning(f"no action for step t={t_ns / 1e9:.3f} within {self.action_timeout:g} s: "
                                           "dropped (arm held still)")
                 return None
             try:
-                stamp, actions = self._actions.get(timeout=min(left, 0.5))
+                stamp, actions = self._actions.get(timeout=min(left, 0.1))
             except queue.Empty:
                 continue
             if abs(stamp - t_ns) * 4 < self.control_period_ns:  # same step (float round trips on the way)
@@ -456,12 +437,6 @@ class SimBridgeNode(Node):
             self._sched = make_scheduler(self.chunk_execution, len(actions), ACTION_DIM, to_ns(1.0 / self.control_rate_hz))
         self._sched.add_chunk(actions, obs_stamp, now)
 
-    def _hold_action(self, obs) -> np.ndarray:
-        """No motion; the gripper keeps its state (closed if the fingers are near closed)."""
-        a = np.zeros(ACTION_DIM)
-        a[-1] = -1.0 if float(np.sum(np.abs(obs.proprio[6:8]))) > 0.06 else 1.0
-        return a
-
     # ---- outgoing observation ----------------------------------------------------------------
     def _publish_observation(self, env, obs, t_ns: int) -> None:
         stamp = stamp_msg(t_ns)
@@ -503,7 +478,7 @@ class SimBridgeNode(Node):
         status.message = ("running" if self._running else "idle") + (
             f" (dropped {s.dropped_steps}, bad {s.bad_actions})" if busy else "")
         values = {"mode": self.mode, "running": self._running, "episode_id": s.episode_id, "suite": s.suite,
-                  "task": s.task_name, "policy_steps": s.policy_steps, "sim_time": self._sim_ns / 1e9}
+                  "task": s.task_name, "policy_steps": s.policy_steps, "sim_time": self._sim_clock.now / 1e9}
         values.update(self.counters)
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[status])
@@ -511,6 +486,8 @@ class SimBridgeNode(Node):
         self.diag_pub.publish(arr)
 
     def destroy_node(self):
+        self._stopping = True  # an episode in progress ends at its next step (waits poll this)
+
         def close():
             if self._env is not None:
                 self._env.close()

@@ -349,6 +349,12 @@ class ChunkedPolicyRunner:
                     step = self._make_step(got[1], got[0])
             return Result(out, step)
 
+    def check_chunk(self, actions: np.ndarray) -> np.ndarray | None:
+        """The chunk rules alone (shape, NaN, limits per limit_mode): the chunk as it would be
+        executed, or None if refused (bag replay compares like with like through this)."""
+        with self._lock:
+            return self._check_chunk(actions)
+
     def on_error(self, req: Request, error: Exception, now: int) -> None:
         """The model raised: counted and logged once; a new request may follow."""
         with self._lock:

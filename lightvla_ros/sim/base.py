@@ -6,11 +6,11 @@ and restore an initial state.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from lightvla_ros.policy.observation_sync import quat_to_axis_angle
 from lightvla_ros.sim.rendering import IMAGE_CONVENTIONS, RENDER_QUALITIES, apply_render_quality, to_convention
 
 ACTION_DIM = 7  # OSC_POSE delta: dpos (3, 0.05 m per unit), daxis-angle (3, 0.5 rad per unit), gripper (-1 open, +1 close)
@@ -57,16 +57,6 @@ class SimObservation:
     joint_positions: np.ndarray       # (9,) float64, rad / m
     privileged: dict[str, np.ndarray] = field(default_factory=dict)  # object -> (7,) pos + quat xyzw; experts only
     sim_time: float = 0.0             # seconds since reset (steps / control_freq)
-
-
-def quat2axisangle(quat: np.ndarray) -> np.ndarray:
-    """xyzw quaternion -> (3,) axis-angle, as robosuite/OpenVLA-OFT compute it for proprio."""
-    q = np.asarray(quat, dtype=np.float64).copy()
-    q[3] = min(max(q[3], -1.0), 1.0)
-    den = math.sqrt(1.0 - q[3] * q[3])
-    if math.isclose(den, 0.0):
-        return np.zeros(3)
-    return (q[:3] * 2.0 * math.acos(q[3])) / den
 
 
 def check_action(action) -> np.ndarray:
@@ -187,7 +177,7 @@ class SimEnv:
         eef_pos = np.array(obs["robot0_eef_pos"], dtype=np.float64)
         eef_quat = np.array(obs["robot0_eef_quat"], dtype=np.float64)
         gripper_qpos = np.array(obs["robot0_gripper_qpos"], dtype=np.float64)
-        proprio = np.concatenate([eef_pos, quat2axisangle(eef_quat), gripper_qpos]).astype(np.float32)
+        proprio = np.concatenate([eef_pos, quat_to_axis_angle(eef_quat), gripper_qpos]).astype(np.float32)
         robot = env.robots[0]
         qpos = env.sim.data.qpos
         joints = np.concatenate([qpos[robot._ref_joint_pos_indexes], qpos[robot._ref_gripper_joint_pos_indexes]])

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model import LightVLA, load_vla, save_checkpoint
-from ..model.config import PAD_TOKEN_ID, STOP_TOKEN_ID, resolve_device, resolve_dtype
+from ..model.config import resolve_device, resolve_dtype
 from ..model.preprocess import images_to_pixel_values
-from ..model.vla import PLACEHOLDER_TOKEN_ID, TRAIN_ACTION_ROWS
+from ..model.vla import TRAIN_ACTION_ROWS
 from .dataset import ChunkDataset, Episode, Sample, compute_statistics, load_episodes, make_synthetic_episodes
 
 # The LLM's linear layers (Llama attention + MLP); lm_head is unused by the L1 head.
@@ -130,14 +130,7 @@ def collate(vla: LightVLA, samples: list[Sample], center_crop: bool = True, cach
     param = next(vla.parameters())
     pixels = cache if cache is not None else images_to_pixel_values
     pixel_values = torch.cat([pixels(s.images, vla.image_transform, center_crop) for s in samples])
-    rows = [vla.tokenizer.prompt_ids(s.instruction) + [PLACEHOLDER_TOKEN_ID] * vla.num_action_tokens
-            + [STOP_TOKEN_ID] for s in samples]
-    length = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), length), PAD_TOKEN_ID, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, :len(r)] = torch.tensor(r)
-        attention_mask[i, :len(r)] = 1
+    input_ids, attention_mask = vla.prompt_batch([s.instruction for s in samples])  # the serving layout
     proprio = None
     if vla.proprio_projector is not None:
         proprio = torch.from_numpy(np.stack([s.proprio for s in samples])).to(param.device, param.dtype)

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bagtools import JOINTS, PROPRIO_SOURCES, tree_fingerprint
 from lightvla_ros.eval.bag_eval import main as bag_eval
@@ -13,16 +14,21 @@ from lightvla_ros.ros.launcher import ros_domain
 
 HERE = Path(__file__).resolve().parent
 STEPS = 3
+LIMIT = 0.01   # tiny-checkpoint actions reach far beyond this
 
 
-def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, capsys):
+@pytest.mark.parametrize("clip", [False, True], ids=["no_limits", "limits_that_clip"])
+def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, capsys, clip):
+    """clip: the node runs with action limits that clip its chunks; it publishes its configuration,
+    the recorders store it, and replay applies the same limits (like with like)."""
     assert JOINTS[-2:] == ["finger_l", "finger_r"]
     meta = json.dumps({"proprio_sources": PROPRIO_SOURCES, "suite": "e2e"})
     bags = {s: tmp_path / f"run_{s}" for s in ("mcap", "sqlite3")}
     with ros_domain(log_dir=tmp_path / "logs") as dom:
         policy = dom.start_node("lightvla-policy", name="lightvla_policy", params={
             "checkpoint": str(tiny_checkpoint), "device": "cpu", "dtype": "float32",
-            "proprio_sources": PROPRIO_SOURCES, "execution_mode": "open_loop"})
+            "proprio_sources": PROPRIO_SOURCES, "execution_mode": "open_loop",
+            **({"action_min": [-LIMIT], "action_max": [LIMIT]} if clip else {})})
         recorders = {s: dom.start_node("lightvla-record", name=f"rec_{s}", args=[
             "-o", str(bag), "--storage", s, "--task", "e2e", "--checkpoint", str(tiny_checkpoint),
             "--metadata-json", meta]) for s, bag in bags.items()}
@@ -49,6 +55,7 @@ def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, cap
             meta_in_bag = r.episode_metadata()
             assert meta_in_bag["task"] == "e2e" and meta_in_bag["instruction"] == "pick up the bowl"
             assert meta_in_bag["checkpoint"] == str(tiny_checkpoint)
+            assert meta_in_bag["action_max"] == ([LIMIT] if clip else [])   # the node's own configuration
 
     before = {s: tree_fingerprint(b) for s, b in bags.items()}
     report = tmp_path / "report.json"
@@ -66,8 +73,13 @@ def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, cap
             np.testing.assert_allclose(f["recorded"], live_by_stamp[f["stamp_ns"]], atol=0)
         assert e["actions"]["max_abs_diff"] < 1e-4 and e["actions"]["gripper_agreement"] == 1.0
         assert e["kept_tokens"]["recorded_equal"] == 1.0
+        recorded = np.concatenate([np.asarray(f["recorded"]).ravel() for f in e["frames_detail"]])
+        if clip:   # the live chunks were clipped, and so were the replayed ones
+            assert np.abs(recorded).max() <= LIMIT + 1e-7 and np.isclose(np.abs(recorded), LIMIT).any()
     assert rep["plots"]["actions"]["panels"] == 7
     assert {s: tree_fingerprint(b) for s, b in bags.items()} == before
+    if clip:
+        return
 
     # --via-ros: the mcap bag played in real time against a fresh policy node (same checkpoint)
     code = bag_eval([str(bags["mcap"]), "--checkpoint", str(tiny_checkpoint), "--via-ros", "--no-progress",

@@ -60,6 +60,20 @@ def test_shipped_checkpoint_succeeds_over_ros(tmp_path):
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert report.is_file(), f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    for ep in json.loads(report.read_text())["episodes"]:
+    episodes = json.loads(report.read_text())["episodes"]
+    for ep in episodes:
         assert ep["success"] and ep["dropped_steps"] == 0, ep
         assert ep["kept_tokens"] and max(ep["kept_tokens"]) < max(ep["total_tokens"])
+
+    # the in-process path (same ChunkedPolicyRunner and episode protocol, no DDS) takes the same steps
+    # and sees the same observations: the same number of policy steps and the same kept tokens per chunk
+    from lightvla_ros.policy.vla_policy import VLAPolicy
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.sim.episode import run_policy_episode
+
+    policy = VLAPolicy(SHIPPED, device="cpu", dtype="float32")
+    with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=128)) as sim:
+        for ep in episodes:
+            out = run_policy_episode(sim, policy, ep["init_state_index"])
+            assert (out.success, out.policy_steps) == (ep["success"], ep["policy_steps"]), (out.to_dict(), ep)
+            assert out.kept_tokens == ep["kept_tokens"]

@@ -19,7 +19,7 @@ def _obs(n_images=2, proprio=None, size=(256, 256), **kwargs):
     if proprio is None:
         proprio = np.array([-0.05, 0.0, 1.0, 3.1, -0.05, 0.0, 0.02, -0.02], np.float32)
     return Observation(images=images, instruction=kwargs.pop("instruction", "put the bowl on the plate"),
-                       proprio=proprio, stamp=kwargs.pop("stamp", 12.5))
+                       proprio=proprio, stamp=kwargs.pop("stamp", 12_500_000_000))
 
 
 def test_properties(policy):
@@ -33,7 +33,7 @@ def test_infer(policy):
     assert isinstance(out, PolicyOutput)
     assert out.actions.shape == (8, 7) and out.actions.dtype == np.float32
     assert np.all(np.isfinite(out.actions))
-    assert out.stamp == 12.5 and out.action_space == "eef_delta_pose_gripper"
+    assert out.stamp == 12_500_000_000 and out.action_space == "eef_delta_pose_gripper"
     assert out.total_per_image == [256, 256] and 2 <= out.kept_total <= 512
     assert {"vision", "pruner", "llm", "head", "total"} <= set(out.timings)
     # the gripper is NOT post-processed by the policy: raw, unmasked, continuous

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from lightvla_ros.sim import NOOP_ACTION, SimConfig, list_tasks, make_env
-from lightvla_ros.sim.base import quat2axisangle
+from robosuite.utils.transform_utils import quat2axisangle  # the reference the proprio must match
 from lightvla_ros.sim.rendering import to_convention
 
 
@@ -30,7 +30,7 @@ def test_libero_reset_observation_shapes(libero_env):
 def test_proprio_is_oft_layout(libero_env):
     obs = libero_env.reset(0)
     np.testing.assert_allclose(obs.proprio[:3], obs.eef_pos, atol=1e-6)
-    np.testing.assert_allclose(obs.proprio[3:6], quat2axisangle(obs.eef_quat), atol=1e-5)
+    np.testing.assert_allclose(obs.proprio[3:6], quat2axisangle(np.array(obs.eef_quat)), atol=1e-5)
     np.testing.assert_allclose(obs.proprio[6:8], obs.joint_positions[7:9], atol=1e-6)
     # gripper pointing down at the start: axis-angle of a ~180 degree rotation about x
     assert abs(np.linalg.norm(obs.proprio[3:6]) - np.pi) < 0.2
