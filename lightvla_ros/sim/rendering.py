@@ -1,8 +1,8 @@
 """Render quality and image orientation for robosuite/LIBERO offscreen cameras.
 
 Rendering dominates step cost on CPU (Mesa llvmpipe): 250k-415k triangles drawn with 4x MSAA,
-planar reflections and shadows (cost measured in docs/sim.md). "fast" turns those three off; the picture
-changes, so train and evaluate with the same quality.
+planar reflections and shadows (cost measured in docs/benchmarks.md). "fast" turns those three
+off; the picture changes, so train and evaluate with the same quality.
 """
 from __future__ import annotations
 
