@@ -72,10 +72,13 @@ def read(path) -> tuple[dict | None, list[dict]]:
     data = path.read_bytes()
     good_end = data.rfind(b"\n") + 1  # a line without its newline was being written when the run died
     header, records = None, []
-    for line in data[:good_end].splitlines():
+    for number, line in enumerate(data[:good_end].splitlines(), 1):
         if not line.strip():
             continue
-        item = json.loads(line)
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"{path}:{number}: not a JSON line ({e}); fix or remove that line to resume") from e
         kind = item.pop("kind", None)
         if kind == "header":
             header = item

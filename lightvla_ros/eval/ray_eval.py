@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Callable
 
 from lightvla_ros.eval.episode_log import EpisodeLog
+from lightvla_ros.eval.sim_eval import (BRIDGE_NAME, POLICY_NAME, _node_params, action_rows_report, parse_list,
+                                        requested_action_rows)
 from lightvla_ros.eval.sim_report import checkpoint_fingerprint, summarize, versions
 from lightvla_ros.eval.sim_worker import EpisodeSettings, EpisodeSpec, SimWorker, episode_seed, remove_scratch
 
@@ -67,10 +69,6 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
 
 # ---- what to run ---------------------------------------------------------------------------
 
-def parse_list(text: str) -> list[str]:
-    return [t.strip() for t in str(text).split(",") if t.strip()]
-
-
 def episode_specs(args) -> list[EpisodeSpec]:
     """Suites x tasks x init states, in that order; `--tasks all` is every task of each suite."""
     from lightvla_ros.sim import SUITES, list_tasks
@@ -97,8 +95,6 @@ def episode_settings(args, suite: str) -> EpisodeSettings:
     as lightvla-sim-eval --in-process reads them."""
     import yaml
 
-    from lightvla_ros.eval.sim_eval import BRIDGE_NAME, POLICY_NAME, _node_params
-
     cfg_file, bridge_params, _, _ = _node_params(argparse.Namespace(**{**vars(args), "suite": suite}))
     data = yaml.safe_load(Path(cfg_file).read_text()) or {}
     bridge = {**((data.get(BRIDGE_NAME) or {}).get("ros__parameters") or {}), **bridge_params}
@@ -115,8 +111,6 @@ def episode_settings(args, suite: str) -> EpisodeSettings:
 
 
 def policy_kwargs(args) -> dict:
-    from lightvla_ros.eval.sim_eval import requested_action_rows
-
     rows = requested_action_rows(argparse.Namespace(**{**vars(args), "suite": parse_list(args.suite)[0]}))
     return {"device": args.device, "dtype": "float32" if args.device == "cpu" else "auto",
             **({} if rows == "auto" else {"action_rows": rows})}
@@ -136,7 +130,6 @@ def run_ray_eval(args, use_ray: bool = True, on_event: Callable[[str, dict], Non
     settings = {suite: episode_settings(args, suite) for suite in suites}
     ckpt = None
     if args.policy == "vla":
-        from lightvla_ros.eval.sim_eval import action_rows_report
         ckpt = {k: v for k, v in checkpoint_fingerprint(args.checkpoint).items() if k != "path"}
         ckpt["action_rows"] = action_rows_report(argparse.Namespace(**{**vars(args), "suite": suites[0]}))
     results = Path(args.results or Path(args.report).with_suffix(".jsonl"))
@@ -163,7 +156,9 @@ def run_ray_eval(args, use_ray: bool = True, on_event: Callable[[str, dict], Non
                 on_event(kind, data)
 
         try:
-            if use_ray:
+            if not todo:  # all finished in an earlier run: the report only
+                extras = {"backend": "ray" if use_ray else "local", "workers": 0}
+            elif use_ray:
                 extras = _run_on_ray(args, todo, settings, event)
             else:
                 extras = _run_locally(args, todo, settings, event)
@@ -248,6 +243,7 @@ class _Pool:
         self.ray, self.actor_cls, self.settings, self.factory_for = ray, actor_cls, settings, factory_for
         self.args, self.run_dir, self.event = args, run_dir, event
         self.next_id = 0
+        self.last_start = time.monotonic()
         self.starting: dict = {}   # info ref -> (worker id, handle)
         self.idle: list[int] = []
         self.handles: dict[int, object] = {}
@@ -257,6 +253,7 @@ class _Pool:
     def start(self) -> None:
         wid = self.next_id
         self.next_id += 1
+        self.last_start = time.monotonic()
         handle = self.actor_cls.options(num_cpus=self.args.worker_cpus, max_restarts=0).remote(
             self.settings, self.factory_for(wid), wid, os.path.join(self.run_dir, f"worker{wid}"))
         self.handles[wid] = handle
@@ -266,7 +263,7 @@ class _Pool:
         wid, _ = self.starting.pop(ref)
         try:
             self.info[wid] = self.ray.get(ref)
-        except Exception as e:  # noqa: BLE001  (a worker that cannot start is replaced once below)
+        except Exception as e:  # noqa: BLE001  (the run goes on with the others; with none left, the loop starts one)
             self.event("worker_failed", {"worker": wid, "error": f"{type(e).__name__}: {e}"})
             self.handles.pop(wid, None)
             return
@@ -309,8 +306,12 @@ class _Pool:
 
 
 def _run_on_ray(args, todo: list[EpisodeSpec], settings: dict, event) -> dict:
-    import ray
-    from ray.exceptions import RayActorError, RayTaskError
+    try:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+    except ImportError as e:
+        raise SystemExit(f"--ray needs the ray extra ({e}): pip install .[ray], or "
+                         "pip install -r requirements/ray.txt") from e
 
     from lightvla_ros.eval.policy_server import RemotePolicy, start_server
 
@@ -348,7 +349,6 @@ def _run_on_ray(args, todo: list[EpisodeSpec], settings: dict, event) -> dict:
         retried_after: dict[str, str] = {}
         running: dict = {}  # episode ref -> (worker id, spec, start time)
         killed: set[int] = set()  # workers killed for an episode past --episode-timeout
-        start_deadline = time.monotonic() + args.startup_timeout
         while pending or running:
             while pool.idle and pending:
                 wid = pool.idle[0]
@@ -358,10 +358,13 @@ def _run_on_ray(args, todo: list[EpisodeSpec], settings: dict, event) -> dict:
                 attempts[spec.key] = attempts.get(spec.key, 0) + 1
                 running[pool.handles[wid].run.remote(spec)] = (wid, spec, time.monotonic())
                 event("episode_started", {"worker": wid, **pool.info[wid], **spec.to_dict()})
-            if not running and not pool.starting:
-                if time.monotonic() > start_deadline or pool.next_id > 2 * args.workers + len(todo):
-                    raise RuntimeError("no sim worker could be started (see the Ray logs under /tmp/ray)")
-                pool.start()
+            if not running and not pool.idle:  # nothing runs: a worker must be on its way
+                if pool.next_id > 2 * args.workers + len(todo) or (
+                        pool.starting and time.monotonic() - pool.last_start > args.startup_timeout):
+                    raise RuntimeError(f"no sim worker started within --startup-timeout {args.startup_timeout:g} s "
+                                       "(cluster resources? see the Ray logs under /tmp/ray/session_latest/logs)")
+                if not pool.starting:
+                    pool.start()
             refs = list(running) + list(pool.starting)
             ready, _ = ray.wait(refs, num_returns=1, timeout=5.0)
             for ref in ready:
@@ -466,7 +469,6 @@ def build_report(args, specs, records: list[dict], wall_s: float, new_episodes: 
         "wall_time_s": wall_s, "episodes": records,
     }
     if args.policy == "vla":
-        from lightvla_ros.eval.sim_eval import action_rows_report
         report["action_rows"] = action_rows_report(argparse.Namespace(**{**vars(args), "suite": suites[0]}))
     summary = summarize(records)
     if len(suites) > 1:  # task keys per suite: LIBERO-10 and LIBERO-90 share scene names
