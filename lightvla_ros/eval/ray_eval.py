@@ -327,10 +327,13 @@ def _run_on_ray(args, todo: list[EpisodeSpec], settings: dict, event) -> dict:
                 (1.0 if str(args.device).startswith("cuda") else 0.0)
         _check_resources(args, gpus)
         if args.policy == "vla":
-            servers = [start_server(str(Path(args.checkpoint).resolve()), max_batch=args.max_batch,
+            n = max(1, args.policy_servers)
+            # a batch never holds more than the workers sending to its server: it closes when they all did
+            max_batch = max(1, min(args.max_batch, math.ceil(args.workers / n)))
+            servers = [start_server(str(Path(args.checkpoint).resolve()), max_batch=max_batch,
                                     max_wait_s=args.max_wait_ms / 1e3, num_cpus=args.policy_cpus, num_gpus=gpus,
                                     max_restarts=POLICY_RESTARTS, max_concurrency=max(64, 4 * args.workers),
-                                    **policy_kwargs(args)) for _ in range(max(1, args.policy_servers))]
+                                    **policy_kwargs(args)) for _ in range(n)]
             for info in ray.get([s.describe.remote() for s in servers], timeout=args.startup_timeout):
                 server_pids.add(info["pid"])
                 event("policy_server_started", info)

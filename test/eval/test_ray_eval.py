@@ -153,8 +153,11 @@ def ray_cluster():
     ray.shutdown()
 
 
+BOUNDS = ("--episode-timeout", "180", "--startup-timeout", "180")  # nothing waits for the defaults' hour
+
+
 def eval_args(tmp_path, name: str, *argv: str):
-    return build_parser().parse_args([*argv, "--quiet", "--results", str(tmp_path / f"{name}.jsonl"),
+    return build_parser().parse_args([*BOUNDS, *argv, "--quiet", "--results", str(tmp_path / f"{name}.jsonl"),
                                       "--report", str(tmp_path / f"{name}.json")])
 
 
@@ -186,16 +189,18 @@ def test_expert_outcomes_same_locally_and_on_one_and_two_ray_workers(ray_cluster
 @needs_ray
 def test_checkpoint_outcomes_same_locally_and_batched_on_ray(ray_cluster, tmp_path, tiny_checkpoint):
     """A checkpoint on 2 Lift episodes: the local model (batch 1) and the shared Ray policy server
-    (one worker; two workers, batches up to 2) give the same steps and kept tokens per chunk."""
+    (one worker: batches of 1; two workers: batches of 2, the server waiting up to 5 s for the
+    second observation) give the same steps and kept tokens per chunk."""
     argv = ("--checkpoint", str(tiny_checkpoint), "--suite", "robosuite", "--tasks", "Lift", "--init-states", "0,1",
-            "--camera-size", "128", "--max-steps", "16", "--max-wait-ms", "20")
+            "--camera-size", "128", "--max-steps", "16", "--max-wait-ms", "5000")
     local = run_ray_eval(eval_args(tmp_path, "local", *argv), use_ray=False)
     assert all(r["kept_tokens"] and r["policy_steps"] == 16 for r in local["episodes"])
     for workers in (1, 2):
         ray = run_ray_eval(eval_args(tmp_path, f"ray{workers}", *argv, "--ray", "--workers", str(workers)))
         assert outcomes(ray) == outcomes(local), workers
         sizes = ray["policy_batch_sizes"]
-        assert sum(int(k) * v for k, v in sizes.items()) == sum(r["chunks"] for r in ray["episodes"])
+        assert sum(sizes.values()) == sum(r["chunks"] for r in ray["episodes"])  # inferences by their batch's size
+        assert set(sizes) == {"1"} if workers == 1 else sizes.get("2", 0) >= 1, sizes
         assert ray["utilisation"]["policy_servers"][0]["requests"] == sum(r["chunks"] for r in ray["episodes"])
 
 
@@ -248,7 +253,7 @@ def test_killed_policy_server_restarts_and_retries_in_flight_requests(ray_cluste
 def test_cli_starts_a_local_cluster_streams_results_and_resumes(ray_cluster, tmp_path):
     """`lightvla-sim-eval --ray` (no ADDRESS: its own local cluster) writes the report and the JSONL;
     after a crash (a torn line, one episode lost), --resume runs only the missing episode."""
-    argv = ["--policy", "expert", "--suite", "robosuite", "--tasks", "Lift", "--init-states", "0,1",
+    argv = [*BOUNDS, "--policy", "expert", "--suite", "robosuite", "--tasks", "Lift", "--init-states", "0,1",
             "--results", str(tmp_path / "r.jsonl"), "--report", str(tmp_path / "r.json"), "--quiet"]
     proc = subprocess.run([str(BIN / "lightvla-sim-eval"), *argv, "--ray"], capture_output=True, text=True,
                           timeout=300, env={**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")})
