@@ -150,8 +150,8 @@ def run_ray_eval(args, use_ray: bool = True, on_event: Callable[[str, dict], Non
                 log.append(data)
                 if bar is not None:
                     ok = sum(int(bool(log.finished[s.key].get("success"))) for s in specs if s.key in log.finished)
-                    bar.set_postfix_str(f"success {ok}/{len(log.finished)}")
                     bar.update(1)
+                    bar.set_postfix_str(f"success {ok}/{len(log.finished)}")
             if on_event is not None:
                 on_event(kind, data)
 

@@ -210,7 +210,7 @@ def test_killed_worker_episode_is_retried_on_another_worker(ray_cluster, tmp_pat
 
     def on_event(kind, data):
         if kind == "episode_started" and not killed:
-            killed.update(worker=data["worker"], pid=data["pid"], scratch=data["scratch_dir"])
+            killed.update(worker=data["worker"], pid=data["pid"], scratch=data["scratch_dir"], python=data["python"])
             os.kill(data["pid"], signal.SIGKILL)
 
     args = eval_args(tmp_path, "kill", "--policy", "expert", "--suite", "robosuite", "--tasks", "Lift",
@@ -218,6 +218,7 @@ def test_killed_worker_episode_is_retried_on_another_worker(ray_cluster, tmp_pat
     report = run_ray_eval(args, on_event=on_event)
     eps = report["episodes"]
     assert [r["success"] for r in eps] == [True] * 3, eps
+    assert killed["python"] == sys.executable  # the workers run the project's interpreter (the ROS wheels need it)
     retried = [r for r in eps if r["attempt"] == 2]
     assert len(retried) == 1 and retried[0]["worker"] != killed["worker"]
     assert f"pid {killed['pid']}" in retried[0]["retried_after"]
