@@ -95,6 +95,8 @@ def episode_settings(args, suite: str) -> EpisodeSettings:
     as lightvla-sim-eval --in-process reads them."""
     import yaml
 
+    from lightvla_ros.policy.config import RunnerConfig
+
     cfg_file, bridge_params, _, _ = _node_params(argparse.Namespace(**{**vars(args), "suite": suite}))
     data = yaml.safe_load(Path(cfg_file).read_text()) or {}
     bridge = {**((data.get(BRIDGE_NAME) or {}).get("ros__parameters") or {}), **bridge_params}
@@ -106,7 +108,7 @@ def episode_settings(args, suite: str) -> EpisodeSettings:
         image_convention=str(bridge.get("image_convention", "openvla")),
         use_cameras=not expert or bool(args.expert_cameras),
         gripper_postprocess="none" if expert else str(bridge.get("gripper_postprocess", "none")),
-        execute=int(policy_cfg.get("open_loop_steps", 0) or 0), max_steps=int(args.max_steps),
+        execute=int(policy_cfg.get("open_loop_steps", RunnerConfig.open_loop_steps) or 0), max_steps=int(args.max_steps),
         expert_chunk_size=int(args.chunk_size))
 
 
