@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "test" / "nodes"))  # the test peer (policy_driver.PolicyDriver)
 
 RATE = 20.0
 PERIOD = 1.0 / RATE
@@ -37,7 +36,7 @@ def pct(values, q) -> float:
 
 def run_node(ckpt: Path, log_dir: Path, params: dict, camera_rate: float, seconds: float, device: str) -> dict:
     from lightvla_ros.ros.launcher import ros_domain
-    from policy_driver import PolicyDriver, stamp_key, to_sec, to_time
+    from lightvla_ros.ros.peer import PolicyDriver, stamp_key, to_sec, to_time
 
     with ros_domain(log_dir=log_dir) as dom:
         proc = dom.start_node(
@@ -114,6 +113,10 @@ def main(argv=None) -> int:
         "open_loop (8 steps, cameras 30 Hz)": ({"execution_mode": "open_loop"}, 30.0),
         "async (cameras 30 Hz)": ({"execution_mode": "async"}, 30.0),
     }
+    # the model in a thread of the node (the old way) against the model in a child process (default)
+    for name in list(runs)[:2]:
+        params, rate = runs[name]
+        runs[name.replace(" (", " [model in a thread] (")] = ({**params, "inference_process": False}, rate)
     results = {}
     for name, (params, cam_rate) in runs.items():
         t0 = time.monotonic()
@@ -125,6 +128,13 @@ def main(argv=None) -> int:
     ol, asy = results["open_loop (8 steps, cameras 30 Hz)"], results["async (cameras 30 Hz)"]
     print("\nsummary (checkpoint %s, device %s, %g s per run)" % (Path(ckpt).name, args.device, args.seconds))
     print(f"  model inference            median {ov['model_ms_median']:.1f} ms, p99 {ov['model_ms_p99']:.1f} ms")
+    ov_t = results["overhead [model in a thread] (open_loop, 1 step, cameras 5 Hz)"]
+    jt_t = results["jitter [model in a thread] (temporal_ensemble, cameras 30 Hz)"]
+    for label, o, j in (("model in a thread", ov_t, jt_t), ("model in a child process", ov, jt)):
+        print(f"  {label:26s} overhead median {o['overhead_ms_median']:.1f} ms, p99 {o['overhead_ms_p99']:.1f} ms; "
+              f"jitter p99 stamps {j['jitter_stamp_ms_p99']:.2f} ms, received {j['jitter_recv_ms_p99']:.2f} ms")
+    print(f"  ratio thread / process    overhead median {ov_t['overhead_ms_median'] / max(ov['overhead_ms_median'], 1e-9):.1f}x, "
+          f"jitter p99 {jt_t['jitter_stamp_ms_p99'] / max(jt['jitter_stamp_ms_p99'], 1e-9):.1f}x")
     print(f"  node overhead              median {ov['overhead_ms_median']:.1f} ms, p99 {ov['overhead_ms_p99']:.1f} ms "
           f"({ov['overhead_samples']} chunks)")
     print(f"  step jitter @20 Hz, stamps p50 {jt['jitter_stamp_ms_p50']:.2f} ms, p99 {jt['jitter_stamp_ms_p99']:.2f} ms; "

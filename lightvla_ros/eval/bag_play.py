@@ -50,7 +50,7 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
     from rclpy.serialization import deserialize_message
 
     from lightvla_interfaces.msg import ActionChunk, PruningStats
-    from lightvla_ros.nodes.recorder_node import BagRecorder, msg_class
+    from lightvla_ros.eval.bag_record import BagRecorder, msg_class
     from lightvla_ros.ros.launcher import ros_domain, rclpy_node
 
     reader = BagReader(path)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightvla_ros.nodes.recorder_node import DEFAULT_TOPICS
+from lightvla_ros.eval.bag_record import DEFAULT_TOPICS
 
 POLICY_KEYS = ("proprio_sources", "camera_topics", "pairing_tolerance", "max_observation_age",
                "proprio_sync_tolerance")

@@ -132,7 +132,7 @@ class ExpertPolicyNode(Node):
 
 
 def main(args=None) -> int:
-    return spin_node(ExpertPolicyNode, num_threads=2, args=args)
+    return spin_node(ExpertPolicyNode, num_threads=2, args=args, name="lightvla_expert")
 
 
 if __name__ == "__main__":

@@ -28,23 +28,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.logging import get_logger
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header, String
 from std_srvs.srv import Trigger
@@ -53,12 +46,14 @@ from trajectory_msgs.msg import JointTrajectory
 from lightvla_interfaces.msg import ActionChunk, PruningStats
 from lightvla_interfaces.srv import SetInstruction
 from lightvla_ros.eval.bag_io import METADATA_TOPIC
+from lightvla_ros.paths import CheckpointNotFound, resolve_checkpoint
 from lightvla_ros.policy.config import RUNTIME, RunnerConfig
 from lightvla_ros.policy.runner import ChunkedPolicyRunner, InferenceWorker, Result, Step
 from lightvla_ros.ros.conversions import (actions_to_joint_trajectory, compressed_to_rgb, image_to_rgb,
                                           policy_output_to_action_chunk, policy_output_to_pruning_stats,
                                           step_to_action, time_to_ns)
 from lightvla_ros.ros.qos import LATCHED, LIVE, RELIABLE, SENSOR, SERVICE
+from lightvla_ros.ros.spin import StartupError, spin_node
 
 # what a recorded bag keeps of the node's configuration (/lightvla/episode_metadata, docs/bags.md)
 RECORDED = ("camera_names", "camera_topics", "proprio_sources", "control_rate_hz", "execution_mode", "open_loop_steps",
@@ -66,10 +61,6 @@ RECORDED = ("camera_names", "camera_topics", "proprio_sources", "control_rate_hz
             "action_min", "action_max", "limit_mode")
 EXPLODING = 1e4   # |action| at warm-up at or above this: the checkpoint is broken (no robot action is this large)
 LIST_TYPES = {"double": Parameter.Type.DOUBLE_ARRAY, "string": Parameter.Type.STRING_ARRAY}
-
-
-class StartupError(RuntimeError):
-    """A configuration problem found at start-up: logged as one clear line, exit code 2."""
 
 
 class PolicyNode(Node):
@@ -144,11 +135,12 @@ class PolicyNode(Node):
 
     def _load_policy(self, cfg: RunnerConfig):
         if not cfg.checkpoint:
-            raise StartupError("no checkpoint: set the 'checkpoint' parameter to a LightVLA checkpoint directory")
-        if not Path(cfg.checkpoint).is_dir():
-            raise StartupError(f"checkpoint directory {cfg.checkpoint!r} does not exist (parameter 'checkpoint')")
-        from lightvla_ros.policy.vla_policy import VLAPolicy
-
+            raise StartupError("no checkpoint: set the 'checkpoint' parameter to a LightVLA checkpoint directory "
+                               "or a name such as lightvla-lift")
+        try:  # a path, or a name looked up in the user's and the package's checkpoint directories
+            path = resolve_checkpoint(cfg.checkpoint)
+        except CheckpointNotFound as e:
+            raise StartupError(f"checkpoint {cfg.checkpoint!r} does not exist (parameter 'checkpoint'): {e}") from None
         kwargs = dict(device=cfg.device, dtype=cfg.dtype, compile=cfg.compile)
         if cfg.action_rows != "auto":
             kwargs["action_rows"] = cfg.action_rows
@@ -156,12 +148,19 @@ class PolicyNode(Node):
             kwargs["unnorm_key"] = cfg.unnorm_key
         t0 = time.monotonic()
         try:
-            policy = VLAPolicy(cfg.checkpoint, **kwargs)
+            if cfg.inference_process:   # the model on its own interpreter (docs/architecture.md)
+                from lightvla_ros.policy.process_policy import ProcessPolicy
+                policy = ProcessPolicy(path, **kwargs)
+            else:
+                from lightvla_ros.policy.vla_policy import VLAPolicy
+                policy = VLAPolicy(path, **kwargs)
         except Exception as e:  # CheckpointError, OSError, ...: one clear line, not a traceback
-            raise StartupError(f"could not load checkpoint {cfg.checkpoint!r}: {type(e).__name__}: {e}") from None
-        self.get_logger().info(f"loaded {cfg.checkpoint} in {time.monotonic() - t0:.1f} s: chunk {policy.chunk_size} "
+            why = str(e) if type(e).__name__ == "ModelProcessError" else f"{type(e).__name__}: {e}"
+            raise StartupError(f"could not load checkpoint {cfg.checkpoint!r}: {why}") from None
+        self.get_logger().info(f"loaded {path} in {time.monotonic() - t0:.1f} s: chunk {policy.chunk_size} "
                                f"x {policy.action_dim} ({policy.action_space}), {policy.num_images} image(s), "
-                               f"proprio {policy.proprio_dim}, action rows {getattr(policy, 'action_rows', 'n/a')}")
+                               f"proprio {policy.proprio_dim}, action rows {getattr(policy, 'action_rows', 'n/a')}"
+                               f"{', in a child process' if cfg.inference_process else ''}")
         return policy
 
     def start(self) -> None:
@@ -184,9 +183,12 @@ class PolicyNode(Node):
             f"policy ready (warm-up {time.monotonic() - t0:.2f} s; mode {cfg.execution_mode}, "
             f"{cfg.control_rate_hz:g} Hz, cameras {dict(zip(cfg.camera_names, cfg.camera_topics))})")
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Stop the worker: an inference in flight is discarded (nothing is published after this)."""
+    def close(self, timeout: float = 0.5) -> None:
+        """Stop the worker (an inference in flight is discarded: nothing is published after this),
+        then the model process if there is one."""
         self.worker.stop(timeout)
+        if hasattr(self.policy, "close"):
+            self.policy.close(timeout)
 
     # ------------------------------------------------------------------ callbacks
     def _now(self) -> int:
@@ -281,50 +283,8 @@ class PolicyNode(Node):
         self.pub_diag.publish(DiagnosticArray(header=Header(stamp=self.get_clock().now().to_msg()), status=[st]))
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM stops the node the way Ctrl-C does
-
-
 def main(args=None) -> int:
-    """Spin the node on one thread. Signals are ours, not rclpy's: rclpy's handler would shut the
-    context down while an inference is in flight; here Ctrl-C / SIGTERM first stop the worker (its
-    result is discarded), then the node is destroyed and rclpy shut down."""
-    log = get_logger("lightvla_policy")
-    code = 0
-    try:
-        init = rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    except Exception as e:  # e.g. a malformed -p override: rcl cannot parse the arguments
-        log.error(f"could not start: {type(e).__name__}: {e} (check the --ros-args)")
-        return 2
-    signal.signal(signal.SIGTERM, _interrupt)
-    with init:
-        node = None
-        try:
-            node = PolicyNode()
-            node.start()
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            while rclpy.ok():  # bounded waits: a signal is handled even when no timer fires (paused sim clock)
-                executor.spin_once(timeout_sec=0.1)
-        except StartupError as e:
-            log.error(str(e))
-            code = 2
-        except (KeyboardInterrupt, ExternalShutdownException):
-            log.info("shutting down")
-        finally:
-            try:
-                if node is not None:
-                    node.close(timeout=0.5)
-                    node.destroy_node()
-            except KeyboardInterrupt:  # a second Ctrl-C while stopping: still no traceback
-                pass
-    if code == 0:
-        log.info("stopped")
-    if args is None:  # the process entry point: skip the interpreter's ~2 s teardown of torch & co.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return spin_node(PolicyNode, num_threads=1, args=args, name="lightvla_policy")
 
 
 if __name__ == "__main__":

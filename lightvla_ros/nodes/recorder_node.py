@@ -8,263 +8,154 @@ Subscriptions are raw (CDR bytes straight into the bag, no decode). Episode meta
 instruction, checkpoint, success, ...) goes into the bag twice: as JSON on
 /lightvla/episode_metadata (std_msgs/String, rewritten on every change) and as metadata.yaml
 custom_data at close. The bag is flushed every `flush_period` s, so a kill -9 loses at most that;
-Ctrl-C / SIGTERM close it cleanly. `BagRecorder` is the same writer for in-process use (sim bridge).
+Ctrl-C / SIGTERM close it cleanly. `BagRecorder` (eval/bag_record.py) is the same writer without ROS.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import signal
 import sys
-import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from lightvla_ros.eval.bag_io import METADATA_TOPIC, BagWriter, normalise_type, qos_profile
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.serialization import deserialize_message
+from rclpy.utilities import remove_ros_args
 
-# topic -> type; the contract's defaults (docs/interfaces.md)
-DEFAULT_TOPICS = {
-    "/camera/agentview/image_raw": "sensor_msgs/msg/Image",
-    "/camera/wrist/image_raw": "sensor_msgs/msg/Image",
-    "/joint_states": "sensor_msgs/msg/JointState",
-    "/eef_pose": "geometry_msgs/msg/PoseStamped",
-    "/instruction": "std_msgs/msg/String",
-    "/lightvla/action": "lightvla_interfaces/msg/ActionChunk",
-    "/lightvla/action_chunk": "lightvla_interfaces/msg/ActionChunk",
-    "/lightvla/pruning_stats": "lightvla_interfaces/msg/PruningStats",
-    "/sim/episode_result": "lightvla_interfaces/msg/EpisodeResult",
-    METADATA_TOPIC: "std_msgs/msg/String",
-}
-LATCHED = {"/instruction", "/sim/episode_result", METADATA_TOPIC}   # reliable + transient local
-SENSOR = {"/camera/agentview/image_raw", "/camera/wrist/image_raw", "/joint_states", "/eef_pose"}
+from lightvla_ros.eval.bag_io import METADATA_TOPIC, normalise_type
+from lightvla_ros.eval.bag_record import (DEFAULT_TOPICS, LATCHED, SENSOR, BagRecorder, default_output, msg_class,
+                                          parse_topic)
+from lightvla_ros.ros.spin import spin_node
 
 
-def default_output() -> str:
-    return time.strftime("lightvla_%Y%m%d_%H%M%S")
+class RecorderNode(Node):
+    """Subscribes (raw) to the configured topics and writes every message to a BagRecorder."""
 
+    def __init__(self, **kwargs):
+        super().__init__("lightvla_recorder", **kwargs)
+        self.declare_parameter("output", "")             # bag directory; "" -> lightvla_<time>
+        self.declare_parameter("storage", "mcap")        # mcap | sqlite3
+        self.declare_parameter("compression", "none")    # none | zstd (mcap chunks / sqlite3 messages)
+        self.declare_parameter("max_bagfile_size", 0)    # bytes per file, 0 = no split (--max-bag-size)
+        self.declare_parameter("max_bagfile_duration", 0.0)  # s per file, 0 = no split (--max-bag-duration)
+        self.declare_parameter("topics", list(DEFAULT_TOPICS))   # entries: topic or topic:type
+        self.declare_parameter("task", "")
+        self.declare_parameter("instruction", "")
+        self.declare_parameter("checkpoint", "")
+        self.declare_parameter("metadata_json", "{}")    # any extra episode metadata
+        self.declare_parameter("flush_period", 1.0)      # s; a kill -9 loses at most this
+        self.declare_parameter("max_duration", 0.0)      # s; 0 = until Ctrl-C
+        self.declare_parameter("stop_on_episode_result", False)
+        # false: subscribe volatile, so a latched topic's history (the previous episode's
+        # /instruction and /sim/episode_result) is not recorded; lightvla-sim-eval sets it
+        self.declare_parameter("latched_history", True)
 
-class BagRecorder:
-    """Thread-safe bag writer for a running system: CDR bytes or rclpy messages in, a bag out."""
+        p = lambda name: self.get_parameter(name).value  # noqa: E731
+        output = p("output") or default_output()
+        meta = json.loads(p("metadata_json") or "{}")
+        meta.update({k: p(k) for k in ("task", "instruction", "checkpoint") if p(k)})
+        meta.setdefault("recorded_by", "lightvla_recorder")
+        self.recorder = BagRecorder(output, p("storage"), metadata=meta, flush_period=p("flush_period"),
+                                    clock=self._now_ns, compression=p("compression"),
+                                    max_bagfile_size=int(p("max_bagfile_size")),
+                                    max_bagfile_duration=float(p("max_bagfile_duration")))
+        self.pending = dict(parse_topic(t) for t in p("topics"))   # topic -> type (None: discover)
+        self.subs: dict[str, Any] = {}
+        self.types: dict[str, str] = {}                  # subscribed topic -> type
+        self.done = False
+        self.max_duration = float(p("max_duration"))
+        self.stop_on_result = bool(p("stop_on_episode_result"))
+        self.latched_history = bool(p("latched_history"))
+        self.started = time.monotonic()
+        self._subscribe_known()
+        self.create_timer(0.5, self._tick)
+        self.get_logger().info(f"recording {sorted(self.subs)} to {self.recorder.path} "
+                               f"({p('storage')}); waiting for {sorted(self.pending) or 'nothing'}")
 
-    def __init__(self, path: str | Path, storage: str = "mcap", topics: dict[str, str] | None = None,
-                 metadata: dict | None = None, flush_period: float = 1.0, clock=time.time_ns,
-                 compression: str = "none", max_bagfile_size: int = 0, max_bagfile_duration: float = 0.0):
-        self.path = Path(path)
-        self._bag = BagWriter(self.path, storage, compression=compression, max_bagfile_size=max_bagfile_size,
-                              max_bagfile_duration=max_bagfile_duration)
-        self._lock = threading.Lock()
-        self._clock = clock                       # () -> ns; bag time of a write without a stamp
-        self.flush_period = float(flush_period)
-        self._last_flush = time.monotonic()
-        self.metadata: dict = {}
-        for topic, msgtype in (topics or {}).items():
-            self.add_topic(topic, msgtype)
-        self.update_metadata(**(metadata or {}))
+    def _now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
 
-    @property
-    def counts(self) -> dict[str, int]:
-        return dict(self._bag.counts)
+    def _qos(self, topic: str) -> QoSProfile:
+        """Match the publishers (as rosbag2 does); fall back to the contract's QoS per topic."""
+        infos = self.get_publishers_info_by_topic(topic)
+        if infos:
+            reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+            latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
+        else:
+            reliable, latched = topic not in SENSOR, topic in LATCHED
+        if not reliable:
+            return qos_profile_sensor_data
+        return QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
 
-    def add_topic(self, topic: str, msgtype: str, reliable: bool | None = None,
-                  transient_local: bool | None = None) -> None:
-        reliable = topic not in SENSOR if reliable is None else reliable
-        transient_local = topic in LATCHED if transient_local is None else transient_local
-        with self._lock:
-            self._bag.add_topic(topic, msgtype, qos_profile(reliable, transient_local))
-
-    def write(self, topic: str, data: bytes, t_ns: int | None = None) -> None:
-        """CDR bytes (a raw subscription or rclpy.serialization.serialize_message)."""
-        with self._lock:
-            if self._bag.closed:
-                return
-            self._bag.write(topic, self._clock() if t_ns is None else t_ns, data)
-            if time.monotonic() - self._last_flush >= self.flush_period:
-                self._bag.flush()
-                self._last_flush = time.monotonic()
-
-    def write_msg(self, topic: str, msg: Any, t_ns: int | None = None) -> None:
-        """An rclpy message; the topic is added on first use with the message's own type."""
-        from rclpy.serialization import serialize_message
-
-        mod = type(msg).__module__.split(".")            # e.g. sensor_msgs.msg._image
-        self.add_topic(topic, f"{mod[0]}/msg/{type(msg).__name__}")
-        self.write(topic, serialize_message(msg), t_ns)
-
-    def update_metadata(self, t_ns: int | None = None, **values: Any) -> None:
-        """Merge episode metadata and write it as JSON on METADATA_TOPIC (+ custom_data at close)."""
-        self.metadata.update({k: v for k, v in values.items() if v is not None})
-        text = json.dumps(self.metadata, sort_keys=True, default=str)
-        with self._lock:
-            if self._bag.closed:
-                return
-            self._bag.add_topic(METADATA_TOPIC, "std_msgs/msg/String", qos_profile(True, True))
-            store = self._bag.typestore
-            msg = store.types["std_msgs/msg/String"](data=text)
-            self._bag.write(METADATA_TOPIC, self._clock() if t_ns is None else t_ns,
-                            store.serialize_cdr(msg, "std_msgs/msg/String"))
-            self._bag.set_metadata(self.metadata)
-
-    def flush(self) -> None:
-        with self._lock:
-            if not self._bag.closed:
-                self._bag.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            if not self._bag.closed:
-                self._bag.set_metadata(self.metadata)
-                self._bag.close()
-
-    def __enter__(self) -> "BagRecorder":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def msg_class(msgtype: str):
-    """'sensor_msgs/msg/Image' -> the rclpy message class."""
-    pkg, _, name = normalise_type(msgtype).split("/")
-    return getattr(importlib.import_module(f"{pkg}.msg"), name)
-
-
-def parse_topic(entry: str) -> tuple[str, str | None]:
-    """'/cam' or '/cam:sensor_msgs/msg/Image' -> (topic, type or None)."""
-    topic, _, msgtype = entry.partition(":")
-    return topic.strip(), (normalise_type(msgtype) if msgtype.strip() else DEFAULT_TOPICS.get(topic.strip()))
-
-
-def _make_node_class():
-    from rclpy.node import Node
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-
-    class RecorderNode(Node):
-        """Subscribes (raw) to the configured topics and writes every message to a BagRecorder."""
-
-        def __init__(self, **kwargs):
-            super().__init__("lightvla_recorder", **kwargs)
-            self.declare_parameter("output", "")             # bag directory; "" -> lightvla_<time>
-            self.declare_parameter("storage", "mcap")        # mcap | sqlite3
-            self.declare_parameter("compression", "none")    # none | zstd (mcap chunks / sqlite3 messages)
-            self.declare_parameter("max_bagfile_size", 0)    # bytes per file, 0 = no split (--max-bag-size)
-            self.declare_parameter("max_bagfile_duration", 0.0)  # s per file, 0 = no split (--max-bag-duration)
-            self.declare_parameter("topics", list(DEFAULT_TOPICS))   # entries: topic or topic:type
-            self.declare_parameter("task", "")
-            self.declare_parameter("instruction", "")
-            self.declare_parameter("checkpoint", "")
-            self.declare_parameter("metadata_json", "{}")    # any extra episode metadata
-            self.declare_parameter("flush_period", 1.0)      # s; a kill -9 loses at most this
-            self.declare_parameter("max_duration", 0.0)      # s; 0 = until Ctrl-C
-            self.declare_parameter("stop_on_episode_result", False)
-            # false: subscribe volatile, so a latched topic's history (the previous episode's
-            # /instruction and /sim/episode_result) is not recorded; lightvla-sim-eval sets it
-            self.declare_parameter("latched_history", True)
-
-            p = lambda name: self.get_parameter(name).value  # noqa: E731
-            output = p("output") or default_output()
-            meta = json.loads(p("metadata_json") or "{}")
-            meta.update({k: p(k) for k in ("task", "instruction", "checkpoint") if p(k)})
-            meta.setdefault("recorded_by", "lightvla_recorder")
-            self.recorder = BagRecorder(output, p("storage"), metadata=meta, flush_period=p("flush_period"),
-                                        clock=self._now_ns, compression=p("compression"),
-                                        max_bagfile_size=int(p("max_bagfile_size")),
-                                        max_bagfile_duration=float(p("max_bagfile_duration")))
-            self.pending = dict(parse_topic(t) for t in p("topics"))   # topic -> type (None: discover)
-            self.subs: dict[str, Any] = {}
-            self.types: dict[str, str] = {}                  # subscribed topic -> type
-            self.done = False
-            self.max_duration = float(p("max_duration"))
-            self.stop_on_result = bool(p("stop_on_episode_result"))
-            self.latched_history = bool(p("latched_history"))
-            self.started = time.monotonic()
-            self._subscribe_known()
-            self.create_timer(0.5, self._tick)
-            self.get_logger().info(f"recording {sorted(self.subs)} to {self.recorder.path} "
-                                   f"({p('storage')}); waiting for {sorted(self.pending) or 'nothing'}")
-
-        def _now_ns(self) -> int:
-            return self.get_clock().now().nanoseconds
-
-        def _qos(self, topic: str) -> QoSProfile:
-            """Match the publishers (as rosbag2 does); fall back to the contract's QoS per topic."""
-            infos = self.get_publishers_info_by_topic(topic)
-            if infos:
-                reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
-                latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
-            else:
-                reliable, latched = topic not in SENSOR, topic in LATCHED
-            if not reliable:
-                return qos_profile_sensor_data
-            return QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
-                              durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
-
-        def _subscribe(self, topic: str, msgtype: str) -> None:
-            try:
-                cls = msg_class(msgtype)
-            except (ImportError, AttributeError) as err:
-                self.get_logger().error(f"topic {topic}: cannot import type {msgtype} ({err}); not recorded")
-                self.pending.pop(topic, None)
-                return
-            qos = self._qos(topic)
-            self.recorder.add_topic(topic, msgtype, reliable=qos.reliability == ReliabilityPolicy.RELIABLE,
-                                    transient_local=qos.durability == DurabilityPolicy.TRANSIENT_LOCAL)
-            if not self.latched_history and qos.durability == DurabilityPolicy.TRANSIENT_LOCAL:
-                qos = QoSProfile(depth=qos.depth, reliability=qos.reliability, durability=DurabilityPolicy.VOLATILE)
-            self.subs[topic] = self.create_subscription(
-                cls, topic, lambda data, t=topic: self._on_raw(t, data), qos, raw=True)
-            self.types[topic] = normalise_type(msgtype)
+    def _subscribe(self, topic: str, msgtype: str) -> None:
+        try:
+            cls = msg_class(msgtype)
+        except (ImportError, AttributeError) as err:
+            self.get_logger().error(f"topic {topic}: cannot import type {msgtype} ({err}); not recorded")
             self.pending.pop(topic, None)
+            return
+        qos = self._qos(topic)
+        self.recorder.add_topic(topic, msgtype, reliable=qos.reliability == ReliabilityPolicy.RELIABLE,
+                                transient_local=qos.durability == DurabilityPolicy.TRANSIENT_LOCAL)
+        if not self.latched_history and qos.durability == DurabilityPolicy.TRANSIENT_LOCAL:
+            qos = QoSProfile(depth=qos.depth, reliability=qos.reliability, durability=DurabilityPolicy.VOLATILE)
+        self.subs[topic] = self.create_subscription(
+            cls, topic, lambda data, t=topic: self._on_raw(t, data), qos, raw=True)
+        self.types[topic] = normalise_type(msgtype)
+        self.pending.pop(topic, None)
 
-        def _subscribe_known(self) -> None:
-            for topic, msgtype in list(self.pending.items()):
-                if msgtype:
-                    self._subscribe(topic, msgtype)
+    def _subscribe_known(self) -> None:
+        for topic, msgtype in list(self.pending.items()):
+            if msgtype:
+                self._subscribe(topic, msgtype)
 
-        def _on_raw(self, topic: str, data: bytes) -> None:
-            if self.done:
-                return
-            if topic == METADATA_TOPIC:           # someone else's metadata: merge, one stream in the bag
-                try:
-                    self.recorder.update_metadata(**json.loads(self._decode(topic, data).data))
-                except ValueError:
-                    self.get_logger().warning(f"{METADATA_TOPIC}: not JSON, ignored")
-                return
-            self.recorder.write(topic, data)
-            if topic == "/instruction":
-                self.recorder.update_metadata(instruction=self._decode(topic, data).data)
-            elif topic == "/sim/episode_result":
-                r = self._decode(topic, data)
-                self.recorder.update_metadata(success=bool(r.success), suite=r.suite, task_name=r.task_name,
-                                              init_state_index=int(r.init_state_index), steps=int(r.steps),
-                                              end_message=r.message)
-                self.get_logger().info(f"episode result: {r.suite} {r.task_name} init {r.init_state_index} "
-                                       f"success={bool(r.success)} steps={r.steps}")
-                if self.stop_on_result:
-                    self.done = True
-
-        def _decode(self, topic: str, data: bytes):
-            from rclpy.serialization import deserialize_message
-            return deserialize_message(data, msg_class(self.types[topic]))
-
-        def _tick(self) -> None:
-            if self.pending:   # late topics: their type comes from the graph
-                graph = dict(self.get_topic_names_and_types())
-                for topic in list(self.pending):
-                    if graph.get(topic):
-                        self._subscribe(topic, graph[topic][0])
-            self.recorder.flush()
-            if self.max_duration > 0 and time.monotonic() - self.started >= self.max_duration:
+    def _on_raw(self, topic: str, data: bytes) -> None:
+        if self.done:
+            return
+        if topic == METADATA_TOPIC:           # someone else's metadata: merge, one stream in the bag
+            try:
+                self.recorder.update_metadata(**json.loads(self._decode(topic, data).data))
+            except ValueError:
+                self.get_logger().warning(f"{METADATA_TOPIC}: not JSON, ignored")
+            return
+        self.recorder.write(topic, data)
+        if topic == "/instruction":
+            self.recorder.update_metadata(instruction=self._decode(topic, data).data)
+        elif topic == "/sim/episode_result":
+            r = self._decode(topic, data)
+            self.recorder.update_metadata(success=bool(r.success), suite=r.suite, task_name=r.task_name,
+                                          init_state_index=int(r.init_state_index), steps=int(r.steps),
+                                          end_message=r.message)
+            self.get_logger().info(f"episode result: {r.suite} {r.task_name} init {r.init_state_index} "
+                                   f"success={bool(r.success)} steps={r.steps}")
+            if self.stop_on_result:
                 self.done = True
 
-    return RecorderNode
+    def _decode(self, topic: str, data: bytes):
+        return deserialize_message(data, msg_class(self.types[topic]))
+
+    def close(self) -> None:
+        """Close the bag (footer, metadata.yaml): Ctrl-C, SIGTERM, max_duration, the episode result."""
+        self.recorder.close()
+        counts = self.recorder.counts
+        print(f"[lightvla_recorder] closed {self.recorder.path}: {sum(counts.values())} messages {counts}", flush=True)
+
+    def _tick(self) -> None:
+        if self.pending:   # late topics: their type comes from the graph
+            graph = dict(self.get_topic_names_and_types())
+            for topic in list(self.pending):
+                if graph.get(topic):
+                    self._subscribe(topic, graph[topic][0])
+        self.recorder.flush()
+        if self.max_duration > 0 and time.monotonic() - self.started >= self.max_duration:
+            self.done = True
 
 
 def _cli_overrides(argv: list[str]) -> list:
     """`lightvla-record -o DIR --storage sqlite3 --topics a b ...` -> parameter overrides."""
-    from rclpy.parameter import Parameter
-
     ap = argparse.ArgumentParser(prog="lightvla-record", description=__doc__.split("\n\n")[0])
     ap.add_argument("-o", "--output")
     ap.add_argument("--storage", choices=["mcap", "sqlite3"])
@@ -289,33 +180,11 @@ def _cli_overrides(argv: list[str]) -> list:
     return out
 
 
-def _raise_interrupt(*_):
-    raise KeyboardInterrupt
-
-
 def main(args: list[str] | None = None) -> int:
-    import rclpy
-    from rclpy.executors import ExternalShutdownException
-    from rclpy.utilities import remove_ros_args
-
     argv = sys.argv if args is None else args
     overrides = _cli_overrides(remove_ros_args(argv)[1:])
-    rclpy.init(args=argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)   # SIGTERM closes the bag like Ctrl-C does
-    node = _make_node_class()(parameter_overrides=overrides)
-    try:
-        while rclpy.ok() and not node.done:
-            rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.recorder.close()
-        counts = node.recorder.counts
-        print(f"[lightvla_recorder] closed {node.recorder.path}: {sum(counts.values())} messages "
-              f"{counts}", flush=True)
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_node(lambda: RecorderNode(parameter_overrides=overrides), num_threads=1, args=args,
+                     name="lightvla_recorder")
 
 
 if __name__ == "__main__":

@@ -485,23 +485,29 @@ class SimBridgeNode(Node):
         arr.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(arr)
 
+    def close(self) -> None:
+        """Ctrl-C: an episode in progress ends at its next step (the action wait polls this too)."""
+        self._stopping = True
+
     def destroy_node(self):
-        self._stopping = True  # an episode in progress ends at its next step (waits poll this)
+        self._stopping = True  # an episode in progress ends at its next step
 
         def close():
             if self._env is not None:
                 self._env.close()
                 self._env = None
-        try:
-            self._sim_thread.submit(close).result(timeout=10.0)
-        except Exception:  # noqa: BLE001  (shutting down: the sim thread may still be mid-episode)
-            pass
-        self._sim_thread.shutdown(wait=False, cancel_futures=True)
+        sim = getattr(self, "_sim_thread", None)  # None: the constructor failed before making it
+        if sim is not None:
+            try:
+                sim.submit(close).result(timeout=10.0)
+            except Exception:  # noqa: BLE001  (shutting down: the sim thread may still be mid-episode)
+                pass
+            sim.shutdown(wait=False, cancel_futures=True)
         super().destroy_node()
 
 
 def main(args=None) -> int:
-    return spin_node(SimBridgeNode, num_threads=4, args=args)
+    return spin_node(SimBridgeNode, num_threads=4, args=args, name="sim_bridge")
 
 
 if __name__ == "__main__":

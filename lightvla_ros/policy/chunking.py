@@ -73,10 +73,6 @@ class ChunkScheduler:
         raise NotImplementedError
 
     @property
-    def in_flight(self) -> bool:
-        return self._in_flight
-
-    @property
     def latency_estimate(self) -> int | None:
         """Nanoseconds from request to chunk; the max of the last few, so jitter does not cause pauses."""
         return max(self._latencies) if self._latencies else None

@@ -38,6 +38,8 @@ class RunnerConfig:
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = param("auto", "auto | float32 | bfloat16 | float16")
     compile: bool = param(False, "torch.compile the model at start-up")
+    inference_process: bool = param(True, "run the model in a child process (its own interpreter lock: the "
+                                          "step timer never waits behind a forward pass); false: a thread")
     unnorm_key: str = param("", "dataset statistics key for unnormalising actions ('' = the checkpoint's "
                                 "only/default key)")
     # --- inputs (read at start-up) ---

@@ -78,10 +78,6 @@ def parse_proprio_sources(sources: Sequence[str]) -> list[tuple[str, str | None]
     return parsed
 
 
-def proprio_dim(sources: Sequence[str]) -> int:
-    return sum(PROPRIO_SIZES.get(kind, 1) for kind, _ in parse_proprio_sources(sources))
-
-
 class ObservationAssembler:
     """Newest message per camera + proprio + instruction -> Observation, or a Rejection."""
 

@@ -1,5 +1,7 @@
-"""An in-test rclpy peer for the policy node: publishes observations (good or broken on purpose)
-and records what the node publishes, with receive times. Shared by the node test and the benchmark."""
+"""A synthetic robot for the policy node: an rclpy peer that publishes cameras, joint states, eef
+pose and instruction (good, or broken on purpose) and records what the node publishes, with
+receive times. The node tests and benchmarks/node_latency.py drive the node with it; on a new
+robot it checks a node's wiring before the real sensors are connected."""
 from __future__ import annotations
 
 import time
@@ -8,25 +10,25 @@ import numpy as np
 from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import String
 
 from lightvla_interfaces.msg import ActionChunk, PruningStats
+from lightvla_ros.policy.clock import to_ns
+from lightvla_ros.ros.conversions import ns_to_time, time_to_ns
+from lightvla_ros.ros.qos import LATCHED, RECORD, SENSOR
 
 CAMERAS = {"agentview": "/camera/agentview/image_raw", "wrist": "/camera/wrist/image_raw"}
 FINGERS = ["finger_l", "finger_r"]
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def to_time(t: float) -> TimeMsg:
-    ns = int(round(t * 1e9))
-    return TimeMsg(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
+    """Seconds (a test's or a benchmark's clock) -> builtin_interfaces/Time."""
+    return ns_to_time(to_ns(t))
 
 
 def to_sec(t: TimeMsg) -> float:
-    return t.sec + t.nanosec * 1e-9
+    return time_to_ns(t) / 1e9
 
 
 def stamp_key(t: TimeMsg) -> tuple[int, int]:
@@ -40,21 +42,21 @@ class PolicyDriver:
         self.probe, self.node = probe, probe.node
         self.size = size
         n = self.node
-        self.img_pubs = {c: n.create_publisher(Image, t, qos_profile_sensor_data) for c, t in CAMERAS.items()}
-        self.cmp_pubs = {c: n.create_publisher(CompressedImage, t + "/compressed", qos_profile_sensor_data)
+        self.img_pubs = {c: n.create_publisher(Image, t, SENSOR) for c, t in CAMERAS.items()}
+        self.cmp_pubs = {c: n.create_publisher(CompressedImage, t + "/compressed", SENSOR)
                          for c, t in CAMERAS.items()}
-        self.js_pub = n.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        self.eef_pub = n.create_publisher(PoseStamped, "/eef_pose", qos_profile_sensor_data)
+        self.js_pub = n.create_publisher(JointState, "/joint_states", SENSOR)
+        self.eef_pub = n.create_publisher(PoseStamped, "/eef_pose", SENSOR)
         self.instr_pub = n.create_publisher(String, "/instruction", LATCHED)
         self.chunks: list[tuple[float, ActionChunk]] = []
         self.actions: list[tuple[float, ActionChunk]] = []
         self.stats: list[tuple[float, PruningStats]] = []
         self.diags: list[tuple[float, DiagnosticArray]] = []
         self.published: list[tuple[float, float]] = []   # (stamp, wall time of publishing)
-        n.create_subscription(ActionChunk, "/lightvla/action_chunk", lambda m: self.chunks.append((time.time(), m)), RELIABLE)
-        n.create_subscription(ActionChunk, "/lightvla/action", lambda m: self.actions.append((time.time(), m)), RELIABLE)
-        n.create_subscription(PruningStats, "/lightvla/pruning_stats", lambda m: self.stats.append((time.time(), m)), RELIABLE)
-        n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diags.append((time.time(), m)), RELIABLE)
+        n.create_subscription(ActionChunk, "/lightvla/action_chunk", lambda m: self.chunks.append((time.time(), m)), RECORD)
+        n.create_subscription(ActionChunk, "/lightvla/action", lambda m: self.actions.append((time.time(), m)), RECORD)
+        n.create_subscription(PruningStats, "/lightvla/pruning_stats", lambda m: self.stats.append((time.time(), m)), RECORD)
+        n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diags.append((time.time(), m)), RECORD)
         rng = np.random.default_rng(0)
         self.image = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
 

@@ -1,26 +1,83 @@
-"""The `main()` body shared by nodes: init, spin a MultiThreadedExecutor, stop cleanly on Ctrl-C."""
+"""The one `main()` body of every lightvla_ros node: init, spin, stop within a bounded time on Ctrl-C.
+
+Signals are ours, not rclpy's: rclpy's handler shuts the context down at once, under callbacks
+still running (an inference in flight, a simulator mid-episode). Here Ctrl-C / SIGTERM raise
+KeyboardInterrupt in the main thread; the node's close() stops its own threads (the policy
+worker, the episode loop) and then the node is destroyed and rclpy shut down. The executor waits
+at most 0.1 s at a time, so a signal is handled even while no callback or timer runs (a paused
+sim clock). Node hooks, all optional: start() after construction, `done` (True: exit normally),
+close() before destroy_node().
+"""
 from __future__ import annotations
 
+import os
+import signal
+import sys
 from typing import Callable
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.logging import get_logger
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 
-def spin_node(make_node: Callable[[], Node], num_threads: int = 2, args=None) -> int:
-    """Build the node after rclpy.init, spin until Ctrl-C / shutdown, destroy it; returns an exit code."""
-    rclpy.init(args=args)
-    node = None
+class StartupError(RuntimeError):
+    """A configuration problem found at start-up: logged as one clear line, exit code 2."""
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops a node the way Ctrl-C does
+
+
+def spin_node(make_node: Callable[[], Node], num_threads: int = 1, args=None, name: str = "lightvla") -> int:
+    """Build the node after rclpy.init and spin it until Ctrl-C / SIGTERM / shutdown / node.done.
+    num_threads 1: a SingleThreadedExecutor; more: a MultiThreadedExecutor. Returns the exit code
+    (0, or 2 for a StartupError / unparsable --ros-args). Called as the process entry point
+    (args None), it ends the process without the interpreter's teardown of torch & co. (~2 s)."""
+    log = get_logger(name)
+    code = 0
     try:
-        node = make_node()
-        executor = MultiThreadedExecutor(num_threads=num_threads)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        init = rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except Exception as e:  # e.g. a malformed -p override: rcl cannot parse the arguments
+        log.error(f"could not start: {type(e).__name__}: {e} (check the --ros-args)")
+        return _exit(2, args)
+    signal.signal(signal.SIGTERM, _interrupt)
+    with init:
+        node = None
+        try:
+            node = make_node()
+            if hasattr(node, "start"):
+                node.start()
+            executor = SingleThreadedExecutor() if num_threads <= 1 else MultiThreadedExecutor(num_threads)
+            executor.add_node(node)
+            while rclpy.ok() and not getattr(node, "done", False):
+                executor.spin_once(timeout_sec=0.1)
+        except StartupError as e:
+            log.error(str(e))
+            code = 2
+        except (ValueError, TypeError, ParameterException) as e:  # a bad parameter found while building
+            log.error(f"could not start: {type(e).__name__}: {e}")
+            code = 2
+        except (KeyboardInterrupt, ExternalShutdownException):
+            log.info("shutting down")
+        finally:
+            try:
+                if node is not None:
+                    if hasattr(node, "close"):
+                        node.close()
+                    node.destroy_node()
+            except KeyboardInterrupt:  # a second Ctrl-C while stopping: still no traceback
+                pass
+    if code == 0:
+        log.info("stopped")
+    return _exit(code, args)
+
+
+def _exit(code: int, args) -> int:
+    if args is None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

@@ -56,10 +56,6 @@ class WaypointExpert:
         self.memory: dict[str, np.ndarray] = {}  # positions frozen on entering a phase (e.g. grasp point)
         self.target_quat: np.ndarray | None = None  # eef orientation held all episode (xyzw)
 
-    @property
-    def phase_name(self) -> str:
-        return self.phases[self.phase].name
-
     def act(self, obs: SimObservation) -> np.ndarray:
         return self.act_chunk(obs, 1)[0]
 

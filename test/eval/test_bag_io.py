@@ -239,7 +239,7 @@ def test_rclpy_serialized_messages_decode(tmp_path):
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import JointState
 
-    from lightvla_ros.nodes.recorder_node import BagRecorder
+    from lightvla_ros.eval.bag_record import BagRecorder
 
     msg = JointState(name=[f"j{i}" for i in range(9)], position=[0.1 * i for i in range(9)])
     with BagRecorder(tmp_path / "rec", "mcap") as rec:

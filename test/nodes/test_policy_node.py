@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policy_driver import PolicyDriver, stamp_key, to_sec, to_time
+from lightvla_ros.ros.peer import PolicyDriver, stamp_key, to_sec, to_time
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 20.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from policy_driver import PolicyDriver
+from lightvla_ros.ros.peer import PolicyDriver
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 20.0

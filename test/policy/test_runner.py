@@ -8,7 +8,7 @@ take effect (queued actions included) or are refused with the reason; stale, NaN
 import numpy as np
 import pytest
 
-from lightvla_ros.policy.config import RUNTIME, RunnerConfig
+from lightvla_ros.policy.config import DEFAULTS, RUNTIME, RunnerConfig
 from lightvla_ros.policy.runner import ChunkedPolicyRunner
 from lightvla_ros.policy.types import PolicyOutput
 
@@ -306,3 +306,6 @@ def test_config_defaults_are_the_single_source():
         params = (data.get("lightvla_policy") or {}).get("ros__parameters") or {}
         unknown = set(params) - fields - {"use_sim_time", "chunk_size"}   # chunk_size: the scripted expert's
         assert not unknown, f"{f.name}: {sorted(unknown)}"
+        restated = [k for k, v in params.items() if k in fields and k != "checkpoint"
+                    and RunnerConfig(**{k: v}).to_dict()[k] == DEFAULTS.to_dict()[k]]
+        assert not restated, f"{f.name} restates the defaults of {restated}: set only what differs"
