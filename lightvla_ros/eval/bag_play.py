@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from lightvla_ros.eval.bag_io import BagError, BagReader
-from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, CHUNK_TYPE, chunk_actions, node_setting, stamp_ns
+from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, CHUNK_TYPE, node_setting
+from lightvla_ros.ros.conversions import action_chunk_actions, time_to_ns
 from lightvla_ros.eval.bag_report import Frame
 
 SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/JointState",
@@ -68,7 +69,7 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
             reader.require({args.chunk_topic: CHUNK_TYPE})
             for m in reader.messages([args.chunk_topic]):
                 msg = reader.decode(m)
-                recorded[stamp_ns(msg.header)] = (chunk_actions(msg), float(msg.inference_latency),
+                recorded[time_to_ns(msg.header)] = (action_chunk_actions(msg), float(msg.inference_latency),
                                                   int(msg.visual_tokens_kept))
         msgs = list(reader.messages(inputs))
         if not msgs:
@@ -92,7 +93,7 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
         got: dict[int, tuple[Any, float]] = {}     # new stamp -> (ActionChunk, receive time)
         stats: dict[int, Any] = {}
         reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
-        key = lambda h: h.stamp.sec * 10**9 + h.stamp.nanosec  # noqa: E731
+        key = time_to_ns
         probe.node.create_subscription(ActionChunk, "/lightvla/action_chunk",
                                        lambda m: got.__setitem__(key(m.header), (m, time.monotonic())), reliable)
         probe.node.create_subscription(PruningStats, "/lightvla/pruning_stats",

@@ -12,7 +12,6 @@ same ChunkedPolicyRunner chunk rules as the live node, with the node's recorded 
 """
 from __future__ import annotations
 
-import io
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -25,6 +24,8 @@ from lightvla_ros.policy.config import DEFAULTS, RunnerConfig
 from lightvla_ros.policy.observation_sync import ObservationAssembler, Rejection
 from lightvla_ros.policy.runner import ChunkedPolicyRunner
 from lightvla_ros.policy.types import Observation
+from lightvla_ros.ros.conversions import action_chunk_actions, compressed_to_rgb, time_to_ns
+from lightvla_ros.ros.conversions import image_to_rgb as ros_image_to_rgb
 
 DEFAULT_CAMERAS = list(DEFAULTS.camera_topics)
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
@@ -76,37 +77,10 @@ class Pair:
     recorded: RecordedChunk | None
 
 
-def stamp_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def image_to_rgb(msg: Any, msgtype: str) -> np.ndarray:
-    """rosbags Image / CompressedImage -> (H, W, 3) uint8 RGB; unsupported encodings raise ValueError."""
-    if msgtype.endswith("CompressedImage"):
-        from PIL import Image as PILImage
-        return np.asarray(PILImage.open(io.BytesIO(bytes(msg.data))).convert("RGB"))
-    enc = msg.encoding.lower()
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-    if enc not in channels:
-        raise ValueError(f"image encoding {msg.encoding!r} not supported (rgb8, bgr8, rgba8, bgra8, mono8)")
-    c, h, w = channels[enc], int(msg.height), int(msg.width)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if int(msg.step) < w * c or data.size < int(msg.step) * h:
-        raise ValueError(f"image {w}x{h} {enc}: step {msg.step} / {data.size} bytes do not fit")
-    img = data[: int(msg.step) * h].reshape(h, int(msg.step))[:, : w * c].reshape(h, w, c)
-    if enc.startswith("bgr"):
-        img = img[..., [2, 1, 0]]
-    elif enc == "mono8":
-        img = np.repeat(img, 3, axis=2)
-    return np.ascontiguousarray(img[..., :3])
-
-
-def chunk_actions(msg: Any) -> np.ndarray:
-    n, d = int(msg.chunk_size), int(msg.action_dim)
-    a = np.asarray(msg.actions, dtype=np.float32)
-    if a.size != n * d:
-        raise ValueError(f"ActionChunk has {a.size} values, chunk_size x action_dim = {n} x {d}")
-    return a.reshape(n, d)   # (chunk_size, action_dim)
+    """A bag's Image / CompressedImage -> (H, W, 3) uint8 RGB with the node's own decoders (the same
+    pixels live and in replay); unsupported encodings raise ValueError."""
+    return compressed_to_rgb(msg) if msgtype.endswith("CompressedImage") else ros_image_to_rgb(msg)
 
 
 class BagReplay:
@@ -169,7 +143,7 @@ class BagReplay:
             now = m.t_ns
             if m.topic == cfg.chunk_topic:
                 self.chunks_recorded += 1
-                rec = RecordedChunk(stamp_ns(msg.header), m.t_ns, chunk_actions(msg), float(msg.inference_latency),
+                rec = RecordedChunk(time_to_ns(msg.header), m.t_ns, action_chunk_actions(msg), float(msg.inference_latency),
                                     int(msg.visual_tokens_kept), int(msg.visual_tokens_total))
                 if rec.stamp_ns in pending:
                     obs, t_obs = pending.pop(rec.stamp_ns)
@@ -183,13 +157,13 @@ class BagReplay:
                 continue
             try:
                 if m.topic in cfg.camera_topics:
-                    asm.add_image(m.topic, image_to_rgb(msg, m.msgtype), stamp_ns(msg.header))
+                    asm.add_image(m.topic, image_to_rgb(msg, m.msgtype), time_to_ns(msg.header))
                 elif m.topic == cfg.joint_topic:
                     asm.add_joint_state(list(msg.name), np.asarray(msg.position, dtype=np.float64),
-                                        stamp_ns(msg.header))
+                                        time_to_ns(msg.header))
                 elif m.topic == cfg.eef_topic:
                     p, q = msg.pose.position, msg.pose.orientation
-                    asm.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], stamp_ns(msg.header))
+                    asm.add_eef_pose([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], time_to_ns(msg.header))
                 elif m.topic == cfg.instruction_topic and not cfg.instruction:
                     asm.set_instruction(msg.data)
             except ValueError as err:

@@ -27,16 +27,17 @@ import time
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from lightvla_interfaces.msg import ActionChunk
 from lightvla_ros.policy.chunking import make_scheduler
 from lightvla_ros.policy.clock import to_ns, to_sec
+from lightvla_ros.policy.types import PolicyOutput
+from lightvla_ros.ros.conversions import policy_output_to_action_chunk
+from lightvla_ros.ros.qos import RELIABLE
 from lightvla_ros.ros.spin import spin_node
 
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
 
 
 def sim_observation(d: dict):
@@ -124,11 +125,8 @@ class ExpertPolicyNode(Node):
             self.get_logger().error(f"expert step failed: {type(e).__name__}: {e}")
 
     def _publish(self, pub, actions: np.ndarray, stamp_ns: int, latency: float) -> None:
-        msg = ActionChunk(chunk_size=int(actions.shape[0]), action_dim=int(actions.shape[1]),
-                          action_space="eef_delta_pose_gripper", inference_latency=float(latency))
-        msg.header.stamp.sec, msg.header.stamp.nanosec = int(stamp_ns // 10**9), int(stamp_ns % 10**9)
-        msg.actions = actions.astype(np.float32).ravel().tolist()
-        pub.publish(msg)
+        out = PolicyOutput(np.asarray(actions, dtype=np.float32), int(stamp_ns), timings={"total": float(latency)})
+        pub.publish(policy_output_to_action_chunk(out))
 
 
 def main(args=None) -> int:

@@ -34,12 +34,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rclpy
-from builtin_interfaces.msg import Time as TimeMsg
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PoseStamped
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -51,45 +49,22 @@ from lightvla_interfaces.srv import RunEpisode
 from lightvla_ros.policy.chunking import make_scheduler
 from lightvla_ros.policy.clock import to_ns
 from lightvla_ros.sim.episode import SimClock, run_episode
+from lightvla_ros.ros.conversions import action_chunk_actions, ns_to_time, rgb_to_image, time_to_ns
+from lightvla_ros.ros.qos import LATCHED, RELIABLE, SENSOR
 from lightvla_ros.ros.spin import spin_node
 
 ACTION_DIM = 7
-LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-
-
-def stamp_msg(ns: int) -> TimeMsg:
-    return TimeMsg(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
-
-
-def stamp_ns(t: TimeMsg) -> int:
-    return int(t.sec) * 1_000_000_000 + int(t.nanosec)
-
-
-def image_msg(img: np.ndarray, ns: int, frame_id: str) -> Image:
-    """(H, W, 3) uint8 -> rgb8 Image (tobytes: assigning the array to data is 400x slower)."""
-    msg = Image()
-    msg.header.stamp = stamp_msg(ns)
-    msg.header.frame_id = frame_id
-    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
-    msg.encoding = "rgb8"
-    msg.is_bigendian = 0
-    msg.step = int(img.shape[1]) * 3
-    msg.data = np.ascontiguousarray(img, dtype=np.uint8).tobytes()
-    return msg
 
 
 def chunk_actions(msg: ActionChunk) -> np.ndarray:
     """ActionChunk -> (chunk_size, 7) float64, or ValueError saying what is wrong with it."""
-    n, d = int(msg.chunk_size), int(msg.action_dim)
-    values = np.asarray(msg.actions, dtype=np.float64)
-    if d != ACTION_DIM:
-        raise ValueError(f"action_dim is {d}, the sim takes {ACTION_DIM} [dx dy dz droll dpitch dyaw gripper]")
-    if n < 1 or values.size != n * d:
-        raise ValueError(f"actions has {values.size} values, expected chunk_size*action_dim = {n}*{d}")
+    values = action_chunk_actions(msg).astype(np.float64)
+    if values.shape[1] != ACTION_DIM:
+        raise ValueError(f"action_dim is {values.shape[1]}, the sim takes {ACTION_DIM} "
+                         "[dx dy dz droll dpitch dyaw gripper]")
     if not np.all(np.isfinite(values)):
         raise ValueError("actions contain NaN/Inf")
-    return values.reshape(n, d)
+    return values
 
 
 @dataclass
@@ -176,9 +151,9 @@ class SimBridgeNode(Node):
         self.counters = {"bad_actions": 0, "actions_without_episode": 0, "rejected_episodes": 0,
                          "episodes": 0, "dropped_steps": 0, "late_actions": 0}
 
-        self.image_pubs = [self.create_publisher(Image, t, qos_profile_sensor_data) for t in self.camera_topics]
-        self.joint_pub = self.create_publisher(JointState, "/joint_states", qos_profile_sensor_data)
-        self.eef_pub = self.create_publisher(PoseStamped, "/eef_pose", qos_profile_sensor_data)
+        self.image_pubs = [self.create_publisher(Image, t, SENSOR) for t in self.camera_topics]
+        self.joint_pub = self.create_publisher(JointState, "/joint_states", SENSOR)
+        self.eef_pub = self.create_publisher(PoseStamped, "/eef_pose", SENSOR)
         self.instruction_pub = self.create_publisher(String, "/instruction", LATCHED)
         self.clock_pub = self.create_publisher(Clock, "/clock", RELIABLE)
         self.result_pub = self.create_publisher(EpisodeResult, "/sim/episode_result", LATCHED)
@@ -230,7 +205,7 @@ class SimBridgeNode(Node):
                 f"action on {self.action_topic} ignored: no episode is running (call ~/run_episode first)",
                 throttle_duration_sec=2.0)
             return
-        self._actions.put((stamp_ns(msg.header.stamp), actions))
+        self._actions.put((time_to_ns(msg.header), actions))
 
     # ---- episode control ----------------------------------------------------------------------
     def _autostart(self) -> None:
@@ -330,7 +305,7 @@ class SimBridgeNode(Node):
             nonlocal next_tick
             if self.mode == "lock_step":
                 self._publish_observation(env, obs, t_ns)
-                self.clock_pub.publish(Clock(clock=stamp_msg(t_ns)))
+                self.clock_pub.publish(Clock(clock=ns_to_time(t_ns)))
                 action = self._wait_action_lock_step(t_ns)
             else:
                 self._publish_observation(env, obs, self.get_clock().now().nanoseconds)
@@ -439,10 +414,10 @@ class SimBridgeNode(Node):
 
     # ---- outgoing observation ----------------------------------------------------------------
     def _publish_observation(self, env, obs, t_ns: int) -> None:
-        stamp = stamp_msg(t_ns)
+        stamp = ns_to_time(t_ns)
         if self.publish_cameras:
             for pub, cam, frame in zip(self.image_pubs, self.camera_names, self.camera_frame_ids):
-                pub.publish(image_msg(obs.images[cam], t_ns, frame))
+                pub.publish(rgb_to_image(obs.images[cam], stamp=t_ns, frame_id=frame))
         js = JointState()
         js.header.stamp = stamp
         js.header.frame_id = self.base_frame

@@ -340,6 +340,10 @@ class ChunkedPolicyRunner:
             self._model_latency.append(model_time)
             self._node_latency.append(max(0.0, time.monotonic() - req.wall_start - model_time))
             self.scheduler.add_chunk(actions, req.obs.stamp, now)
+            if self.config.execution_mode == "open_loop" and self.config.wait_for_new_observation:
+                # the next chunk needs a newer observation than this one too: a step served on arrival
+                # may be older than the observation (wall clock), and one frame is inferred once
+                self._obs_after = max(self._obs_after, req.obs.stamp)
             step = None
             # a step found empty less than a period ago (lock-step: time stands still) is served now,
             # unless a newer step began meanwhile (StepGate: never a step twice or out of order)

@@ -31,8 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..eval.bag_io import BagError, BagReader
-from ..eval.bag_replay import (CHUNK_TYPE, DEFAULT_CAMERAS, IMAGE_TYPES, ReplayConfig, chunk_actions, image_to_rgb,
-                               node_setting, stamp_ns)
+from ..eval.bag_replay import CHUNK_TYPE, DEFAULT_CAMERAS, IMAGE_TYPES, ReplayConfig, image_to_rgb, node_setting
+from ..ros.conversions import action_chunk_actions, time_to_ns
 from ..policy.clock import NEVER, to_ns
 from ..policy.observation_sync import ObservationAssembler, Rejection, parse_proprio_sources
 from .collect import PROPRIO_SOURCES, write_dataset_meta
@@ -110,7 +110,7 @@ def _read_steps(reader: BagReader, cfg: FromBagsConfig, conv: BagConversion) -> 
     for m in reader.messages([cfg.action_topic]):
         msg = reader.decode(m)
         try:
-            actions = chunk_actions(msg)     # (chunk_size, action_dim)
+            actions = action_chunk_actions(msg)     # (chunk_size, action_dim)
         except ValueError:
             conv.skipped[BAD_ACTION] += 1
             continue
@@ -122,7 +122,7 @@ def _read_steps(reader: BagReader, cfg: FromBagsConfig, conv: BagConversion) -> 
         if actions.shape[1] != dim or not np.isfinite(actions).all():
             conv.skipped[BAD_ACTION] += 1
             continue
-        stamp = stamp_ns(msg.header)
+        stamp = time_to_ns(msg.header)
         if stamp in steps:
             conv.skipped[DUPLICATE_STEP] += 1
             continue
@@ -225,7 +225,7 @@ def convert_bag(path: str | Path, cfg: FromBagsConfig) -> BagConversion:
 
         for seq, m in enumerate(reader.messages(list(inputs))):
             msg = reader.decode(m)
-            t = stamp_ns(msg.header)
+            t = time_to_ns(msg.header)
             heapq.heappush(queue, (t, seq, m.topic, msg, m.msgtype))
             newest[m.topic] = max(t, newest.get(m.topic, t))
             # a step is judged once every input has moved past it (nothing older can come), or

@@ -78,7 +78,7 @@ def test_bridge_lock_step_and_bad_input(tmp_path):
             pub.publish(_action_msg(zero, [0.0] * 5))
             pub.publish(_action_msg(zero, [0.0] * 6 + [-1.0]))
             bridge.wait_for_log_line(r"bad action .*NaN", timeout=10)
-            bridge.wait_for_log_line(r"bad action .*actions has 5 values", timeout=10)
+            bridge.wait_for_log_line(r"bad action .*ActionChunk has 5 values", timeout=10)
             bridge.wait_for_log_line(r"no episode is running", timeout=10)
 
             def call(req, timeout=120.0):

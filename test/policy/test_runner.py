@@ -194,6 +194,24 @@ def test_new_episode_clock_before_its_observation_is_still_served():
     assert h.stamps() == [T0, t]
 
 
+def test_one_camera_frame_is_inferred_once_even_when_its_chunk_serves_an_older_step():
+    """Wall clock: a step found empty, then a newer frame whose chunk lands within the period and
+    serves that (older) step. Before, the next step inferred again from the same frame."""
+    h = Harness(open_loop_steps=1)
+    h.clock(T0)
+    h.step()                                  # step T0: nothing yet, it waits
+    t_frame = T0 + 10_000_000
+    h.clock(t_frame)
+    h.observe(t_frame)                        # a frame newer than the waiting step
+    h.clock(T0 + 30_000_000)
+    assert h.land() and h.sent == [(T0, 0.0)]  # served on arrival, for step T0
+    h.clock(T0 + P)
+    h.step()                                  # the queue is empty; the only frame was used already
+    assert h.runner.take_request() is None and h.policy.calls == 1
+    h.observe(T0 + P)                         # a new frame: a new inference
+    assert h.runner.take_request() is not None
+
+
 # ---- safety ----
 def test_stale_inputs_stop_the_actions_and_resume_later():
     h = Harness(max_observation_age=0.2)
