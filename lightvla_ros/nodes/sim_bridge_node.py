@@ -126,7 +126,7 @@ class SimBridgeNode(Node):
         self.episode_timeout = float(p("episode_timeout", 3600.0).value)  # s of wall time per episode
         self.wait_for_policy = float(p("wait_for_policy", 30.0).value)    # s for an action publisher
         self.seed = int(p("seed", 0).value)
-        self.base_frame = p("base_frame", "robot_base").value
+        self.world_frame = p("world_frame", "world").value  # the frame /eef_pose values are in
         self.autostart = bool(p("autostart", False).value)
         self.max_steps_param = int(p("max_steps", 0).value)
         action_topic = p("action_topic", "/lightvla/action").value
@@ -420,13 +420,12 @@ class SimBridgeNode(Node):
                 pub.publish(rgb_to_image(obs.images[cam], stamp=t_ns, frame_id=frame))
         js = JointState()
         js.header.stamp = stamp
-        js.header.frame_id = self.base_frame
         js.name = list(obs.joint_names)
         js.position = [float(x) for x in obs.joint_positions]
         self.joint_pub.publish(js)
         pose = PoseStamped()
         pose.header.stamp = stamp
-        pose.header.frame_id = self.base_frame
+        pose.header.frame_id = self.world_frame  # the simulator's world frame, as the proprio was trained
         pose.pose.position.x, pose.pose.position.y, pose.pose.position.z = (float(x) for x in obs.eef_pos)
         q = obs.eef_quat  # xyzw
         pose.pose.orientation.x, pose.pose.orientation.y = float(q[0]), float(q[1])

@@ -114,6 +114,7 @@ def test_bridge_lock_step_and_bad_input(tmp_path):
             probe.spin_until(lambda: len(images) >= 6, 5)
             assert images and images[0].encoding == "rgb8" and images[0].width == 64
             assert images[0].header.frame_id == "agentview_camera"
+            assert poses and poses[0].header.frame_id == "world"  # the values are world coordinates
             img_ns = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in images}
             assert img_ns <= set(ns)  # each observation is stamped with its step's sim time
             assert joints and len(joints[0].name) == 9 and "gripper0_finger_joint1" in joints[0].name
