@@ -7,7 +7,8 @@ TensorFlow is not a dependency of the package: give a Python that has it (a scra
 `python -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu numpy pillow`); without
 one the script says so and exits 0. Frames: LIBERO-Object task 0 rendered at 256 px in the
 OpenVLA convention (MUJOCO_GL=egl), agentview and wrist, unless --frames gives an (N, H, W, 3)
-uint8 .npy (--render-quality: fast, the sim configs' setting, or full). The reference is openvla-oft experiments/robot/openvla_utils.py
+uint8 .npy (--render-quality: fast, the sim configs' setting, or full). The reference is
+openvla-oft experiments/robot/openvla_utils.py
 `resize_image_for_policy` (tf.image.encode_jpeg at its default quality, decode, resize lanczos3
 with antialias, round, clip) and `center_crop_image` (crop_and_resize, 90% area). Compared:
 "before" = PIL lanczos without JPEG and a PIL bilinear crop (this package until the action-rows
@@ -119,7 +120,8 @@ def compare(frames: np.ndarray, ref: dict) -> dict:
 
     def diff(a, b):
         d = np.abs(a.astype(np.int16) - b.astype(np.int16))
-        return {"mean": round(float(d.mean()), 5), "max": int(d.max()), "frac_differing": round(float((d > 0).mean()), 5)}
+        return {"mean": round(float(d.mean()), 5), "max": int(d.max()),
+                "frac_differing": round(float((d > 0).mean()), 5)}
 
     return {"frames": int(len(frames)), "frame_shape": list(frames.shape[1:]), "tf_version": str(ref["tf_version"]),
             "resize_before": diff(before, ref["resized"]), "resize_after": diff(after, ref["resized"]),

@@ -133,11 +133,13 @@ def main(argv=None) -> int:
     for label, o, j in (("model in a thread", ov_t, jt_t), ("model in a child process", ov, jt)):
         print(f"  {label:26s} overhead median {o['overhead_ms_median']:.1f} ms, p99 {o['overhead_ms_p99']:.1f} ms; "
               f"jitter p99 stamps {j['jitter_stamp_ms_p99']:.2f} ms, received {j['jitter_recv_ms_p99']:.2f} ms")
-    print(f"  ratio thread / process    overhead median {ov_t['overhead_ms_median'] / max(ov['overhead_ms_median'], 1e-9):.1f}x, "
+    ratio = ov_t['overhead_ms_median'] / max(ov['overhead_ms_median'], 1e-9)
+    print(f"  ratio thread / process    overhead median {ratio:.1f}x, "
           f"jitter p99 {jt_t['jitter_stamp_ms_p99'] / max(jt['jitter_stamp_ms_p99'], 1e-9):.1f}x")
     print(f"  node overhead              median {ov['overhead_ms_median']:.1f} ms, p99 {ov['overhead_ms_p99']:.1f} ms "
           f"({ov['overhead_samples']} chunks)")
-    print(f"  step jitter @20 Hz, stamps p50 {jt['jitter_stamp_ms_p50']:.2f} ms, p99 {jt['jitter_stamp_ms_p99']:.2f} ms; "
+    print(f"  step jitter @20 Hz, stamps p50 {jt['jitter_stamp_ms_p50']:.2f} ms, "
+          f"p99 {jt['jitter_stamp_ms_p99']:.2f} ms; "
           f"received p50 {jt['jitter_recv_ms_p50']:.2f} ms, p99 {jt['jitter_recv_ms_p99']:.2f} ms")
     for name, r in (("open_loop", ol), ("async", asy)):
         print(f"  {name:10s} pauses {r['pauses']:3d}, missed steps {r['missed_steps']:3d}, receive gaps "

@@ -100,17 +100,20 @@ def main(argv=None) -> int:
             rows.append({"run": name, "mode": mode, "workers": workers, "load": load,
                          "successes": report["overall"]["successes"],
                          "wall_s": time.monotonic() - t0, "startup_s": t["startup_s"],
-                         "per_hour": t["episodes_per_hour"], "per_hour_after_startup": t["episodes_per_hour_after_startup"],
+                         "per_hour": t["episodes_per_hour"],
+                         "per_hour_after_startup": t["episodes_per_hour_after_startup"],
                          **ep, "forward_ms": 1e3 * forward, "batch_sizes": report["policy_batch_sizes"],
                          "predicted_per_hour": predicted_per_hour(base, ep["episodes"], workers, cores, forward)
                          if base else None})
             print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'run':<9} {'mode':<6} {'load':>4} {'ok':>5} {'wall s':>7} {'start s':>7} {'ep/h':>6} {'ep/h*':>6} {'pred':>6} "
+    print(f"\n{'run':<9} {'mode':<6} {'load':>4} {'ok':>5} {'wall s':>7} {'start s':>7} {'ep/h':>6} {'ep/h*':>6} "
+          f"{'pred':>6} "
           f"{'ep s':>6} {'steps':>6} {'step ms':>7} {'rtt ms':>7} {'fwd ms':>7} {'cpu':>5}  batches")
     for r in rows:
         pred = f"{r['predicted_per_hour']:.0f}" if r["predicted_per_hour"] else "-"
         after = f"{r['per_hour_after_startup']:.0f}" if r["per_hour_after_startup"] else "-"
-        print(f"{r['run']:<9} {r['mode']:<6} {r['load']:>4.1f} {r['successes']:>2}/{r['episodes']:<2} {r['wall_s']:>7.1f} "
+        print(f"{r['run']:<9} {r['mode']:<6} {r['load']:>4.1f} {r['successes']:>2}/{r['episodes']:<2} "
+              f"{r['wall_s']:>7.1f} "
               f"{(r['startup_s'] or 0):>7.1f} {r['per_hour']:>6.0f} {after:>6} {pred:>6} {r['episode_s']:>6.1f} "
               f"{r['steps']:>6.0f} {r['t_step_ms']:>7.1f} {r['rtt_ms']:>7.1f} {r['forward_ms']:>7.1f} "
               f"{r['cpu_share']:>5.2f}  "

@@ -2,7 +2,8 @@
 (config/sim_lift.yaml, checkpoint lightvla-lift, 128 px cameras as it was trained).
 
     ros2 launch lightvla_ros sim.launch.py autostart:=true           # one Lift episode, then idle
-    ros2 launch lightvla_ros sim.launch.py config:=$(ros2 pkg prefix lightvla_ros)/share/lightvla_ros/config/sim_libero.yaml \
+    ros2 launch lightvla_ros sim.launch.py \
+        config:=$(ros2 pkg prefix lightvla_ros)/share/lightvla_ros/config/sim_libero.yaml \
         checkpoint:=/path/to/libero/ckpt camera_size:=256
     ros2 launch lightvla_ros sim.launch.py policy:=expert             # the scripted expert
 

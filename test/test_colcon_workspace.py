@@ -132,7 +132,8 @@ def test_install_layout(workspace):
     assert (pkg / "share" / "ament_index" / "resource_index" / "packages" / "lightvla_ros").is_file()
     share = pkg / "share" / "lightvla_ros"
     assert (share / "package.xml").read_text() == (ROOT / "package.xml").read_text()
-    assert sorted(p.name for p in (share / "launch").iterdir()) == sorted(p.name for p in ROOT.glob("launch/*.launch.py"))
+    launch_files = sorted(p.name for p in ROOT.glob("launch/*.launch.py"))
+    assert sorted(p.name for p in (share / "launch").iterdir()) == launch_files
     assert sorted(p.name for p in (share / "config").iterdir()) == sorted(p.name for p in ROOT.glob("config/*.yaml"))
     assert (share / "checkpoints" / "lightvla-lift" / "config.json").is_file()
     scripts = [ep.name for ep in importlib.metadata.distribution("lightvla_ros").entry_points

@@ -86,7 +86,8 @@ def evaluate_bag(path: str | Path, policy: Any, args: argparse.Namespace, progre
                 progress.update(1)
         if not frames:
             why = ", ".join(f"{k}: {v}" for k, v in replay.rejections.items()) or "no complete camera set"
-            extra = f"; {replay.chunks_unmatched} recorded chunks matched no observation" if replay.chunks_unmatched else ""
+            extra = (f"; {replay.chunks_unmatched} recorded chunks matched no observation"
+                     if replay.chunks_unmatched else "")
             raise BagError(reader.path, f"no observation could be assembled ({why}){extra}"
                            + (f"; damage: {reader.damage}" if reader.damage else ""))
         return bag_entry(reader, meta, replay), frames

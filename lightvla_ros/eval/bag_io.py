@@ -487,7 +487,8 @@ class BagReader:
                         yield "channel", (rec.topic, name, MessageDefinition(MessageDefinitionFormat.MSG, text))
                     elif isinstance(rec, Message):
                         if rec.channel_id not in channels:
-                            self.damage.append(f"mcap: {path.name}: message on unknown channel {rec.channel_id} skipped")
+                            self.damage.append(
+                                f"mcap: {path.name}: message on unknown channel {rec.channel_id} skipped")
                             continue
                         topic, msgtype = channels[rec.channel_id]
                         yield "message", (topic, normalise_type(msgtype), rec.log_time, bytes(rec.data))

@@ -18,6 +18,7 @@ import numpy as np
 
 from lightvla_ros.eval.bag_io import BagError, BagReader
 from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, CHUNK_TYPE, node_setting
+from lightvla_ros.policy.config import DEFAULTS
 from lightvla_ros.ros.conversions import action_chunk_actions, time_to_ns
 from lightvla_ros.eval.bag_report import Frame
 
@@ -28,7 +29,8 @@ SENSOR_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sen
 def _node_params(args: argparse.Namespace, cams: list[str], meta: dict) -> dict:
     params: dict[str, Any] = {"checkpoint": str(args.checkpoint), "device": args.device, "dtype": args.dtype,
                               "camera_topics": cams, "camera_names": [f"cam{i}" for i in range(len(cams))],
-                              "pairing_tolerance": node_setting(args.pairing_tolerance, meta, "pairing_tolerance", 0.05),
+                              "pairing_tolerance": node_setting(args.pairing_tolerance, meta, "pairing_tolerance",
+                                                                  DEFAULTS.pairing_tolerance),
                               "max_observation_age": args.max_observation_age,
                               "action_rows": getattr(args, "action_rows", "auto")}
     sync = node_setting(getattr(args, "proprio_sync_tolerance", None), meta, "proprio_sync_tolerance", None)
@@ -46,8 +48,9 @@ def _node_params(args: argparse.Namespace, cams: list[str], meta: dict) -> dict:
     return params
 
 
-def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace, progress=None) -> tuple[dict, list[Frame]]:
-    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace,
+                         progress=None) -> tuple[dict, list[Frame]]:
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from rclpy.serialization import deserialize_message
 
     from lightvla_interfaces.msg import ActionChunk, PruningStats
@@ -60,7 +63,8 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
         if reader.message_count == 0:
             raise BagError(reader.path, "bag is empty (no messages)")
         meta = reader.episode_metadata()
-        cams = list(args.camera_topics or meta.get("camera_topics") or [c for c in DEFAULT_CAMERAS if c in reader.topics])
+        cams = list(args.camera_topics or meta.get("camera_topics")
+                    or [c for c in DEFAULT_CAMERAS if c in reader.topics])
         inputs = [*cams, args.joint_topic, args.eef_topic, args.instruction_topic]
         reader.require({c: None for c in cams})
         inputs = [t for t in inputs if t in reader.topics]
@@ -84,7 +88,7 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
             node = dom.start_node("lightvla-policy", name="lightvla_policy", params=_node_params(args, cams, meta))
             node.wait_for_log_line("policy ready", timeout=300)
         probe = stack.enter_context(rclpy_node(domain_id, "lightvla_bag_player"))
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        from lightvla_ros.ros.qos import LATCHED as latched
         pubs, classes = {}, {}
         for t in inputs:
             classes[t] = msg_class(reader.topics[t].msgtype)

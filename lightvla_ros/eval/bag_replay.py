@@ -143,7 +143,8 @@ class BagReplay:
             now = m.t_ns
             if m.topic == cfg.chunk_topic:
                 self.chunks_recorded += 1
-                rec = RecordedChunk(time_to_ns(msg.header), m.t_ns, action_chunk_actions(msg), float(msg.inference_latency),
+                rec = RecordedChunk(time_to_ns(msg.header), m.t_ns, action_chunk_actions(msg),
+                                    float(msg.inference_latency),
                                     int(msg.visual_tokens_kept), int(msg.visual_tokens_total))
                 if rec.stamp_ns in pending:
                     obs, t_obs = pending.pop(rec.stamp_ns)

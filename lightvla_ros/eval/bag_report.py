@@ -196,7 +196,8 @@ def summary_text(report: dict) -> str:
     if k.get("n"):
         lines.append(f"kept visual tokens: mean {k['mean']:.1f} of {k['total_per_frame']} "
                      f"(min {k['min']:.0f}, max {k['max']:.0f})"
-                     + (f", equal to recorded in {k['recorded_equal']:.0%} of frames" if k["recorded_equal"] is not None else ""))
+                     + (f", equal to recorded in {k['recorded_equal']:.0%} of frames"
+                        if k["recorded_equal"] is not None else ""))
     if o.get("recorded_success_rate") is not None:
         lines.append(f"recorded episode success rate {o['recorded_success_rate']:.2f}")
     if not o["complete"]:

@@ -108,7 +108,8 @@ def episode_settings(args, suite: str) -> EpisodeSettings:
         image_convention=str(bridge.get("image_convention", "openvla")),
         use_cameras=not expert or bool(args.expert_cameras),
         gripper_postprocess="none" if expert else str(bridge.get("gripper_postprocess", "none")),
-        execute=int(policy_cfg.get("open_loop_steps", RunnerConfig.open_loop_steps) or 0), max_steps=int(args.max_steps),
+        execute=int(policy_cfg.get("open_loop_steps", RunnerConfig.open_loop_steps) or 0),
+        max_steps=int(args.max_steps),
         expert_chunk_size=int(args.chunk_size))
 
 

@@ -55,7 +55,8 @@ def make_config(size: str = "tiny", platform: str = "libero", num_images: int = 
         for key, name in (("vision_dim", "embed_dim"), ("vision_depth", "depth"), ("vision_heads", "num_heads")):
             if g.get(key):
                 vision_over[fam][name] = int(g[key])
-    for key, name in (("llm_dim", "hidden_size"), ("llm_layers", "num_hidden_layers"), ("llm_ffn", "intermediate_size")):
+    for key, name in (("llm_dim", "hidden_size"), ("llm_layers", "num_hidden_layers"),
+                      ("llm_ffn", "intermediate_size")):
         if g.get(key):
             text[name] = int(g[key])
     if g.get("llm_heads"):

@@ -168,7 +168,8 @@ class SimBridgeNode(Node):
         self.create_service(RunEpisode, "~/run_episode", self._on_run_episode, callback_group=io_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
         if self.autostart:
-            self._autostart_timer = self.create_timer(0.5, self._autostart, callback_group=MutuallyExclusiveCallbackGroup())
+            self._autostart_timer = self.create_timer(0.5, self._autostart,
+                                                      callback_group=MutuallyExclusiveCallbackGroup())
         self.get_logger().info(
             f"sim bridge ready: {self.mode}, {self.control_rate_hz:g} Hz, action_input={self.action_input} "
             f"({self.action_topic}), cameras {self.camera_names} {self.camera_size}px {self.render_quality}, "
@@ -409,7 +410,8 @@ class SimBridgeNode(Node):
     def _add_chunk(self, actions: np.ndarray, obs_stamp: int, now: int) -> None:
         """Executes chunks with the policy node's own scheduler (lightvla_ros.policy.chunking)."""
         if self._sched is None or self._sched.chunk_size != len(actions):
-            self._sched = make_scheduler(self.chunk_execution, len(actions), ACTION_DIM, to_ns(1.0 / self.control_rate_hz))
+            self._sched = make_scheduler(self.chunk_execution, len(actions), ACTION_DIM,
+                                         to_ns(1.0 / self.control_rate_hz))
         self._sched.add_chunk(actions, obs_stamp, now)
 
     # ---- outgoing observation ----------------------------------------------------------------

@@ -238,7 +238,8 @@ class ObservationAssembler:
         for kind, name in self._sources:
             if kind in PROPRIO_SIZES:
                 if self._eef is None:
-                    return Rejection(MISSING_PROPRIO, f"proprio source {kind!r} needs an end-effector pose; none received")
+                    return Rejection(MISSING_PROPRIO,
+                                     f"proprio source {kind!r} needs an end-effector pose; none received")
                 pos, aa, st, _ = self._eef
                 if oldest_ok is not None and st < oldest_ok:
                     return Rejection(PROPRIO_BEHIND, f"end-effector pose (t={to_sec(st):.3f}) is older than the "
@@ -247,7 +248,8 @@ class ObservationAssembler:
             else:
                 if name not in self._joints:
                     if self._joint_msgs == 0:
-                        return Rejection(MISSING_PROPRIO, f"proprio source 'joint:{name}' needs joint states; none received")
+                        return Rejection(MISSING_PROPRIO,
+                                         f"proprio source 'joint:{name}' needs joint states; none received")
                     return Rejection(UNKNOWN_JOINT, f"joint {name!r} is not in the joint states received "
                                                     f"(names seen: {sorted(self._joints)[:12]})")
                 val, st, _ = self._joints[name]
@@ -257,5 +259,6 @@ class ObservationAssembler:
                 parts.append(np.array([val], dtype=np.float32))
         proprio = np.concatenate(parts).astype(np.float32)  # (proprio_dim,)
         if not np.all(np.isfinite(proprio)):
-            return Rejection(NAN_PROPRIO, f"proprio has NaN/Inf values: {proprio.tolist()} (sources {self.proprio_sources})")
+            return Rejection(NAN_PROPRIO,
+                             f"proprio has NaN/Inf values: {proprio.tolist()} (sources {self.proprio_sources})")
         return proprio

@@ -93,7 +93,8 @@ def rgb_to_image(arr: np.ndarray, encoding: str = "rgb8", stamp: int | None = No
         arr = arr[:, :, 0]
     want = 2 if channels == 1 else 3
     if arr.ndim != want or (channels > 1 and arr.shape[2] != channels):
-        raise ValueError(f"{encoding} needs shape {'(H, W)' if channels == 1 else f'(H, W, {channels})'}, got {arr.shape}")
+        shape = "(H, W)" if channels == 1 else f"(H, W, {channels})"
+        raise ValueError(f"{encoding} needs shape {shape}, got {arr.shape}")
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"empty image: shape {arr.shape}")
     msg = Image()

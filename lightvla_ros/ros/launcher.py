@@ -225,7 +225,7 @@ class NodeProcess:
                     return m
             if not self.is_running():
                 # one last read: the line may have landed just before the exit
-                m = next((regex.search(l) for l in self.log_text().splitlines() if regex.search(l)), None)
+                m = next((regex.search(line) for line in self.log_text().splitlines() if regex.search(line)), None)
                 if m:
                     return m
                 raise RuntimeError(f"{self.name} exited with code {self.returncode} before logging "

@@ -53,9 +53,11 @@ class PolicyDriver:
         self.stats: list[tuple[float, PruningStats]] = []
         self.diags: list[tuple[float, DiagnosticArray]] = []
         self.published: list[tuple[float, float]] = []   # (stamp, wall time of publishing)
-        n.create_subscription(ActionChunk, "/lightvla/action_chunk", lambda m: self.chunks.append((time.time(), m)), RECORD)
+        n.create_subscription(ActionChunk, "/lightvla/action_chunk",
+                              lambda m: self.chunks.append((time.time(), m)), RECORD)
         n.create_subscription(ActionChunk, "/lightvla/action", lambda m: self.actions.append((time.time(), m)), RECORD)
-        n.create_subscription(PruningStats, "/lightvla/pruning_stats", lambda m: self.stats.append((time.time(), m)), RECORD)
+        n.create_subscription(PruningStats, "/lightvla/pruning_stats",
+                              lambda m: self.stats.append((time.time(), m)), RECORD)
         n.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diags.append((time.time(), m)), RECORD)
         rng = np.random.default_rng(0)
         self.image = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)

@@ -13,7 +13,8 @@ import numpy as np
 from lightvla_ros.policy.observation_sync import quat_to_axis_angle
 from lightvla_ros.sim.rendering import IMAGE_CONVENTIONS, RENDER_QUALITIES, apply_render_quality, to_convention
 
-ACTION_DIM = 7  # OSC_POSE delta: dpos (3, 0.05 m per unit), daxis-angle (3, 0.5 rad per unit), gripper (-1 open, +1 close)
+# OSC_POSE delta: dpos (3, 0.05 m per unit), daxis-angle (3, 0.5 rad per unit), gripper (-1 open, +1 close)
+ACTION_DIM = 7
 NOOP_ACTION = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float32)  # what the LIBERO protocol's wait steps send
 CAMERA_NAMES = ["agentview", "wrist"]
 _ROBOSUITE_CAMERAS = {"agentview": "agentview", "wrist": "robot0_eye_in_hand"}

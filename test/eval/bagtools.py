@@ -71,7 +71,8 @@ def write_episode(path: Path, storage: str = "mcap", steps: int = 3, policy=None
             if with_chunks:
                 if policy is not None:
                     out = policy.infer(observation_of(k, instruction))
-                    actions, lat, kept, total = out.actions, out.timings.get("total", 0.0), out.kept_total, out.total_tokens
+                    actions, lat = out.actions, out.timings.get("total", 0.0)
+                    kept, total = out.kept_total, out.total_tokens
                 else:
                     actions, lat, kept, total = np.full((8, 7), 0.1 * k, np.float32), 0.01, 10, 20
                 w.write_msg("/lightvla/action_chunk", stamp + 50_000_000, T["lightvla_interfaces/msg/ActionChunk"](

@@ -63,7 +63,7 @@ def test_missing_checkpoint_exits_with_a_clear_error(dom):
 
 
 def test_no_instruction_no_action(node, drv):
-    stamps = drv.stream(1.5)
+    drv.stream(1.5)
     drv.spin(0.3)
     assert drv.chunks == [] and drv.actions == []
     wait_diag(drv, "rejected_missing_instruction", 0)

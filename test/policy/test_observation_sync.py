@@ -164,7 +164,8 @@ def test_proprio_behind_the_images_waits_when_sync_tolerance_is_set():
     assert isinstance(a.assemble(10.05), Rejection)          # the finger joints are still behind
     a.add_joint_state(["finger_l", "finger_r"], [0.01, -0.01], 10.05)
     obs = a.assemble(10.05)
-    assert isinstance(obs, Observation) and obs.proprio[0] == pytest.approx(0.5) and obs.proprio[6] == pytest.approx(0.01)
+    assert isinstance(obs, Observation)
+    assert obs.proprio[0] == pytest.approx(0.5) and obs.proprio[6] == pytest.approx(0.01)
     # off (the default): the older proprio is used as before
     b = ready()
     b.add_image("agentview", img(3), 10.05)

@@ -71,7 +71,8 @@ def test_node_gets_params_and_remaps_and_publishes(ros_dom, probe, helper_node, 
     params_file.write_text("/**:\n  ros__parameters:\n    chunk_size: 4\n    action_dim: 2\n")
     talker = helper_node("talker", params={"tag": "007", "action_space": "joint_position"},
                          params_file=params_file, remaps={"chunk": "/lightvla/action_chunk"})
-    m = talker.wait_for_log_line(r"params chunk_size=(\d+) action_dim=(\d+) action_space=(\S+) tag='([^']*)' type=(\w+)",
+    m = talker.wait_for_log_line(r"params chunk_size=(\d+) action_dim=(\d+) action_space=(\S+) "
+                                 r"tag='([^']*)' type=(\w+)",
                                  timeout=30)
     assert m.groups() == ("4", "2", "joint_position", "007", "str")
     probe.wait_for_topic("/lightvla/action_chunk", timeout=20)
