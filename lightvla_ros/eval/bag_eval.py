@@ -62,6 +62,7 @@ def bag_entry(reader: BagReader, meta: dict, replay: BagReplay | None) -> dict:
             "chunks_recorded": replay.chunks_recorded if replay else 0,
             "chunks_unmatched": replay.chunks_unmatched if replay else 0,
             "chunks_refused_by_limits": replay.refused_chunks if replay else 0,
+            "exact_inputs": replay.exact if replay else False,   # rebuilt from the node's recorded inputs
             "rejections": dict(replay.rejections) if replay else {}}
 
 

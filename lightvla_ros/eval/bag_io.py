@@ -30,6 +30,9 @@ from rosbags.rosbag2.writer import zstd     # the zstd binding rosbags itself co
 INTERFACES_PKG = "lightvla_interfaces"
 CUSTOM_MSGS = ("ActionChunk", "PruningStats", "EpisodeResult")
 METADATA_TOPIC = "/lightvla/episode_metadata"   # std_msgs/String, JSON; the latest one wins
+# std_msgs/String, JSON {"stamp_ns": chunk stamp, "inputs": {"camera:<name>" | "eef" | "joint:<name>": stamp ns}}:
+# the inputs each chunk was computed from, so a replay assembles exactly them (docs/bags.md)
+INPUTS_TOPIC = "/lightvla/observation_inputs"
 CUSTOM_DATA_KEY = "lightvla.episode"            # the same JSON in metadata.yaml custom_data
 
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lightvla_ros.eval.bag_io import METADATA_TOPIC, BagWriter, normalise_type, qos_profile
+from lightvla_ros.eval.bag_io import INPUTS_TOPIC, METADATA_TOPIC, BagWriter, normalise_type, qos_profile
 
 # topic -> type; the contract's defaults (docs/interfaces.md)
 DEFAULT_TOPICS = {
@@ -25,6 +25,7 @@ DEFAULT_TOPICS = {
     "/lightvla/pruning_stats": "lightvla_interfaces/msg/PruningStats",
     "/sim/episode_result": "lightvla_interfaces/msg/EpisodeResult",
     METADATA_TOPIC: "std_msgs/msg/String",
+    INPUTS_TOPIC: "std_msgs/msg/String",
 }
 LATCHED = {"/instruction", "/sim/episode_result", METADATA_TOPIC}   # reliable + transient local
 SENSOR = {"/camera/agentview/image_raw", "/camera/wrist/image_raw", "/joint_states", "/eef_pose"}

@@ -12,13 +12,15 @@ same ChunkedPolicyRunner chunk rules as the live node, with the node's recorded 
 """
 from __future__ import annotations
 
+import json
+
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
 
-from lightvla_ros.eval.bag_io import BagError, BagReader
+from lightvla_ros.eval.bag_io import INPUTS_TOPIC, BagError, BagReader
 from lightvla_ros.policy.clock import NEVER, to_ns
 from lightvla_ros.policy.config import DEFAULTS, RunnerConfig
 from lightvla_ros.policy.observation_sync import ObservationAssembler, Rejection
@@ -92,6 +94,7 @@ class BagReplay:
         self.chunks_recorded = 0
         self.chunks_unmatched = 0
         self.refused_chunks = 0              # chunks the node's limits / NaN rule would have refused
+        self.exact = False                   # True: observations rebuilt from the node's recorded inputs
         self._checker: ChunkedPolicyRunner | None = None
         self.has_chunks = cfg.chunk_topic in reader.topics and (reader.topics[cfg.chunk_topic].count or 0) > 0
         required: dict[str, str | None] = {t: None for t in cfg.camera_topics}
@@ -125,6 +128,10 @@ class BagReplay:
         return checked
 
     def __iter__(self) -> Iterator[Pair]:
+        if self.has_chunks and (self.reader.topics.get(INPUTS_TOPIC) and self.reader.topics[INPUTS_TOPIC].count):
+            self.exact = True
+            yield from self._iter_exact()
+            return
         cfg, reader = self.cfg, self.reader
         asm = ObservationAssembler(cfg.camera_topics, to_ns(cfg.pairing_tolerance),
                                    NEVER if cfg.max_observation_age is None else to_ns(cfg.max_observation_age),
@@ -192,3 +199,80 @@ class BagReplay:
         self.chunks_unmatched += len(waiting)
         if current is not None and not (cfg.max_frames and emitted >= cfg.max_frames):
             yield Pair(current[1], current[0], current[2], None)
+
+    def _iter_exact(self) -> Iterator[Pair]:
+        """Each recorded chunk with the observation rebuilt from exactly the inputs the node used
+        (INPUTS_TOPIC: the stamp of every camera frame, eef pose and joint it was assembled from),
+        whatever order the recorder received the topics in."""
+        cfg, reader = self.cfg, self.reader
+        used: dict[int, dict[str, int]] = {}
+        for m in reader.messages({INPUTS_TOPIC}):
+            d = json.loads(reader.decode(m).data)
+            used[int(d["stamp_ns"])] = {k: int(v) for k, v in d["inputs"].items()}
+        frames = {t: OrderedDict() for t in cfg.camera_topics}     # topic -> stamp -> (msg, type)
+        joints: OrderedDict[int, dict[str, float]] = OrderedDict()  # stamp -> name -> position
+        eefs: OrderedDict[int, tuple[list, list]] = OrderedDict()   # stamp -> (position, quaternion xyzw)
+        instruction = cfg.instruction
+        waiting: list[RecordedChunk] = []
+        emitted = 0
+        topics = set(cfg.camera_topics) | {cfg.joint_topic, cfg.eef_topic, cfg.instruction_topic, cfg.chunk_topic}
+        for m in reader.messages(topics & set(reader.topics)):
+            msg = reader.decode(m)
+            if m.topic == cfg.chunk_topic:
+                self.chunks_recorded += 1
+                waiting.append(RecordedChunk(time_to_ns(msg.header), m.t_ns, action_chunk_actions(msg),
+                                             float(msg.inference_latency), int(msg.visual_tokens_kept),
+                                             int(msg.visual_tokens_total)))
+            elif m.topic in frames:
+                _keep(frames[m.topic], time_to_ns(msg.header), (msg, m.msgtype), cfg.keep_pending)
+            elif m.topic == cfg.joint_topic:
+                _keep(joints, time_to_ns(msg.header), dict(zip(msg.name, np.asarray(msg.position).tolist())),
+                      cfg.keep_pending)
+            elif m.topic == cfg.eef_topic:
+                p, q = msg.pose.position, msg.pose.orientation
+                _keep(eefs, time_to_ns(msg.header), ([p.x, p.y, p.z], [q.x, q.y, q.z, q.w]), cfg.keep_pending)
+            elif m.topic == cfg.instruction_topic and not cfg.instruction:
+                instruction = msg.data
+            for rec in list(waiting):
+                obs = self._rebuild(used.get(rec.stamp_ns), frames, joints, eefs, instruction)
+                if obs is not None:
+                    waiting.remove(rec)
+                    emitted += 1
+                    yield Pair(obs, rec.stamp_ns, m.t_ns, rec)
+                    if cfg.max_frames and emitted >= cfg.max_frames:
+                        return
+                elif m.t_ns - rec.t_ns > to_ns(cfg.late_frame_window):
+                    waiting.remove(rec)
+                    self.chunks_unmatched += 1
+        self.chunks_unmatched += len(waiting)
+
+    def _rebuild(self, inputs: dict[str, int] | None, frames, joints, eefs, instruction: str) -> Observation | None:
+        """The node's observation from its recorded inputs, or None while one is not in the bag yet."""
+        if inputs is None:
+            return None
+        cams = [k for k in inputs if k.startswith("camera:")]   # in the model's camera order
+        if len(cams) != len(self.cfg.camera_topics):
+            return None
+        joint_keys = [k for k in inputs if k.startswith("joint:")]
+        if any(inputs[k] not in frames[t] for t, k in zip(self.cfg.camera_topics, cams)) \
+                or ("eef" in inputs and inputs["eef"] not in eefs) \
+                or any(k[6:] not in joints.get(inputs[k], {}) for k in joint_keys):
+            return None
+        asm = ObservationAssembler(self.cfg.camera_topics, NEVER, NEVER, self.cfg.proprio_sources,
+                                   instruction=instruction)
+        for topic, key in zip(self.cfg.camera_topics, cams):
+            msg, msgtype = frames[topic][inputs[key]]
+            asm.add_image(topic, image_to_rgb(msg, msgtype), inputs[key])
+        if "eef" in inputs:
+            asm.add_eef_pose(*eefs[inputs["eef"]], inputs["eef"])
+        for key in joint_keys:
+            asm.add_joint_state([key[6:]], [joints[inputs[key]][key[6:]]], inputs[key])
+        obs = asm.assemble(max(inputs.values()))
+        return obs if isinstance(obs, Observation) else None
+
+
+def _keep(history: OrderedDict, stamp: int, value, limit: int) -> None:
+    history[stamp] = value
+    history.move_to_end(stamp)
+    while len(history) > max(limit, 8):
+        history.popitem(last=False)

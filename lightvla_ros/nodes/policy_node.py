@@ -16,6 +16,8 @@ Publishes
   /lightvla/action                 ActionChunk with chunk_size 1, once per control step, stamp = step time
   /lightvla/joint_trajectory       JointTrajectory, one per inference (action_space joint_position only)
   /lightvla/pruning_stats          PruningStats, one per inference, stamp = observation stamp
+  /lightvla/observation_inputs     String (JSON), one per inference: the stamp of every input it used
+  /lightvla/episode_metadata       String (JSON, latched): the settings a bag replay needs
   /diagnostics                     DiagnosticArray, every diagnostics_period s
 Services
   ~/reset (std_srvs/Trigger), ~/set_instruction (lightvla_interfaces/SetInstruction)
@@ -45,7 +47,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from lightvla_interfaces.msg import ActionChunk, PruningStats
 from lightvla_interfaces.srv import SetInstruction
-from lightvla_ros.eval.bag_io import METADATA_TOPIC
+from lightvla_ros.eval.bag_io import INPUTS_TOPIC, METADATA_TOPIC
 from lightvla_ros.paths import CheckpointNotFound, resolve_checkpoint
 from lightvla_ros.policy.config import RUNTIME, RunnerConfig
 from lightvla_ros.policy.runner import ChunkedPolicyRunner, InferenceWorker, Result, Step
@@ -107,6 +109,7 @@ class PolicyNode(Node):
                          if self.action_space == "joint_position" else None)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
         self.pub_config = self.create_publisher(String, METADATA_TOPIC, LATCHED)  # recorders store it in the bag
+        self.pub_inputs = self.create_publisher(String, INPUTS_TOPIC, RELIABLE)   # what each chunk was computed from
         self.create_service(Trigger, "~/reset", self._on_reset, qos_profile=SERVICE)
         self.create_service(SetInstruction, "~/set_instruction", self._on_set_instruction, qos_profile=SERVICE)
         self.add_on_set_parameters_callback(self._on_params)
@@ -259,6 +262,8 @@ class PolicyNode(Node):
         out = result.chunk
         self.pub_chunk.publish(policy_output_to_action_chunk(out))
         self.pub_stats.publish(policy_output_to_pruning_stats(out))
+        if result.obs is not None:
+            self.pub_inputs.publish(String(data=json.dumps({"stamp_ns": out.stamp, "inputs": result.obs.inputs})))
         if self.pub_traj is not None:
             self.pub_traj.publish(actions_to_joint_trajectory(out.actions, out.stamp, self.joint_names,
                                                               self.runner.period_ns))

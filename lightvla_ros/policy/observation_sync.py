@@ -228,7 +228,16 @@ class ObservationAssembler:
             return Rejection(MISSING_INSTRUCTION, "no instruction: set the 'instruction' parameter, publish "
                                                   "on the instruction topic or call ~/set_instruction")
         images = [self._frames[c][0] for c in self.camera_names]
-        return Observation(images=images, instruction=self.instruction, proprio=proprio, stamp=stamp)
+        return Observation(images=images, instruction=self.instruction, proprio=proprio, stamp=stamp,
+                           inputs=self._input_stamps())
+
+    def _input_stamps(self) -> dict[str, int]:
+        stamps = {f"camera:{c}": self._frames[c][1] for c in self.camera_names}
+        if self.needs_eef and self._eef is not None:
+            stamps["eef"] = self._eef[2]
+        for name in self.joint_names:
+            stamps[f"joint:{name}"] = self._joints[name][1]
+        return stamps
 
     def _proprio(self, now: int, image_stamp: int) -> np.ndarray | None | Rejection:
         if not self._sources:

@@ -68,6 +68,7 @@ class Step:
 class Result:
     chunk: PolicyOutput | None = None   # the chunk as it will be executed (limits applied); None: dropped
     step: Step | None = None            # a step found empty, served now that the chunk arrived
+    obs: Observation | None = None      # the observation the chunk was computed from
 
 
 class ChunkedPolicyRunner:
@@ -351,7 +352,7 @@ class ChunkedPolicyRunner:
                 got = self._gate.serve_pending(now, self.period_ns, lambda: self.scheduler.next_action(now))
                 if got is not None:
                     step = self._make_step(got[1], got[0])
-            return Result(out, step)
+            return Result(out, step, req.obs)
 
     def check_chunk(self, actions: np.ndarray) -> np.ndarray | None:
         """The chunk rules alone (shape, NaN, limits per limit_mode): the chunk as it would be

@@ -14,6 +14,9 @@ class Observation:
     instruction: str                  # natural-language task, e.g. "pick up the alphabet soup"
     proprio: np.ndarray | None = None  # (proprio_dim,) float32, raw units (normalised inside the policy)
     stamp: int = 0                    # integer ns; time the observation was taken (oldest camera stamp)
+    # the header stamp of every input it was assembled from: {'camera:<name>': ns, 'eef': ns,
+    # 'joint:<name>': ns}; the node publishes it with each chunk, so a bag replays exactly these inputs
+    inputs: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass

@@ -33,6 +33,8 @@ def main() -> int:
     ap.add_argument("--instruction", default="pick up the bowl")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--timeout", type=float, default=60.0, help="s to wait for each chunk")
+    ap.add_argument("--cameras-first", action="store_true",
+                    help="publish a tick's cameras before its proprio (the node then pairs the previous proprio)")
     args = ap.parse_args()
     rclpy.init()
     node = rclpy.create_node("episode_publisher")
@@ -70,21 +72,30 @@ def main() -> int:
                 return 1
             stamp = node.get_clock().now().to_msg()
             sent[stamp.sec * 10**9 + stamp.nanosec] = k
-            js = JointState(name=JOINTS, position=[float(x) for x in joints])
+            # cameras first: every tick's proprio differs, so which proprio an observation took matters
+            moved = joints + (0.01 * (len(sent) % 2) if args.cameras_first else 0.0)
+            js = JointState(name=JOINTS, position=[float(x) for x in moved])
             js.header.stamp = stamp
             eef = PoseStamped()
             eef.header.stamp, eef.header.frame_id = stamp, "base"
             eef.pose.position.x, eef.pose.position.y, eef.pose.position.z = (float(x) for x in pos)
             o = eef.pose.orientation
             o.x, o.y, o.z, o.w = (float(x) for x in quat)
-            pub_joints.publish(js)
-            pub_eef.publish(eef)
-            spin_until(lambda: False, 0.02)   # proprio first, as a robot streaming it would
+            def proprio():
+                pub_joints.publish(js)
+                pub_eef.publish(eef)
+
+            if not args.cameras_first:
+                proprio()
+                spin_until(lambda: False, 0.02)   # proprio first, as a robot streaming it would
             for pub, cam, img in zip(pub_cams, CAMS, imgs):
                 m = Image(height=img.shape[0], width=img.shape[1], encoding="rgb8", step=img.shape[1] * 3)
                 m.header.stamp, m.header.frame_id = stamp, cam
                 m.data = img.tobytes()
                 pub.publish(m)
+            if args.cameras_first:
+                spin_until(lambda: False, 0.02)
+                proprio()
             spin_until(lambda: False, 0.08)
     spin_until(lambda: False, 3.0)             # chunks still in flight
     received = [{"stamp_ns": key, "step": sent.get(key), "kept": int(c.visual_tokens_kept),

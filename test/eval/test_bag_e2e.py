@@ -9,7 +9,7 @@ import pytest
 
 from bagtools import JOINTS, PROPRIO_SOURCES, tree_fingerprint
 from lightvla_ros.eval.bag_eval import main as bag_eval
-from lightvla_ros.eval.bag_io import BagReader
+from lightvla_ros.eval.bag_io import INPUTS_TOPIC, BagReader
 from lightvla_ros.ros.launcher import ros_domain
 
 HERE = Path(__file__).resolve().parent
@@ -17,10 +17,14 @@ STEPS = 3
 LIMIT = 0.01   # tiny-checkpoint actions reach far beyond this
 
 
-@pytest.mark.parametrize("clip", [False, True], ids=["no_limits", "limits_that_clip"])
-def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, capsys, clip):
+@pytest.mark.parametrize("clip, cameras_first", [(False, False), (True, False), (False, True)],
+                         ids=["no_limits", "limits_that_clip", "cameras_before_proprio"])
+def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, capsys, clip, cameras_first):
     """clip: the node runs with action limits that clip its chunks; it publishes its configuration,
-    the recorders store it, and replay applies the same limits (like with like)."""
+    the recorders store it, and replay applies the same limits (like with like).
+    cameras_first: each tick's cameras come before its proprio, so the node pairs them with the
+    previous tick's proprio; the replay rebuilds each observation from the inputs the node
+    published for its chunk (/lightvla/observation_inputs), not from the order in the bag."""
     assert JOINTS[-2:] == ["finger_l", "finger_r"]
     meta = json.dumps({"proprio_sources": PROPRIO_SOURCES, "suite": "e2e"})
     bags = {s: tmp_path / f"run_{s}" for s in ("mcap", "sqlite3")}
@@ -36,7 +40,8 @@ def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, cap
             r.wait_for_log_line("recording", timeout=60)
         policy.wait_for_log_line("policy ready", timeout=120)
         pub = dom.start_process([sys.executable, str(HERE / "episode_publisher.py"), "--steps", str(STEPS),
-                                 "--subscribers", "3", "--out", str(tmp_path / "live.json")], name="publisher")
+                                 "--subscribers", "3", "--out", str(tmp_path / "live.json")]
+                                + (["--cameras-first"] if cameras_first else []), name="publisher")
         pub.wait_for_log_line(r"published \d+ steps", timeout=180)
         assert pub.wait(timeout=20) == 0
         for r in recorders.values():
@@ -56,6 +61,11 @@ def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, cap
             assert meta_in_bag["task"] == "e2e" and meta_in_bag["instruction"] == "pick up the bowl"
             assert meta_in_bag["checkpoint"] == str(tiny_checkpoint)
             assert meta_in_bag["action_max"] == ([LIMIT] if clip else [])   # the node's own configuration
+            inputs = [json.loads(r.decode(m).data) for m in r.messages({INPUTS_TOPIC})]
+            assert len(inputs) == len(live)                                   # one record per chunk
+            older = [d for d in inputs if d["inputs"]["joint:finger_l"] < d["inputs"]["camera:agentview"]]
+            if cameras_first:   # the node paired some frames with the previous tick's proprio
+                assert older, inputs
 
     before = {s: tree_fingerprint(b) for s, b in bags.items()}
     report = tmp_path / "report.json"
@@ -78,7 +88,7 @@ def test_recorded_run_replays_to_the_live_actions(tmp_path, tiny_checkpoint, cap
             assert np.abs(recorded).max() <= LIMIT + 1e-7 and np.isclose(np.abs(recorded), LIMIT).any()
     assert rep["plots"]["actions"]["panels"] == 7
     assert {s: tree_fingerprint(b) for s, b in bags.items()} == before
-    if clip:
+    if clip or cameras_first:
         return
 
     # --via-ros: the mcap bag played in real time against a fresh policy node (same checkpoint)
