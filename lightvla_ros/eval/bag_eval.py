@@ -20,8 +20,9 @@ from typing import Any, Sequence
 
 from lightvla_ros.eval.bag_io import BagError, BagReader
 from lightvla_ros.eval.bag_replay import DEFAULT_CAMERAS, BagReplay, ReplayConfig, node_setting
+from lightvla_ros.eval.sim_report import checkpoint_fingerprint
 from lightvla_ros.policy.config import DEFAULTS
-from lightvla_ros.eval.bag_report import (EvalOptions, Frame, build_report, checkpoint_identity, compare_reports,
+from lightvla_ros.eval.bag_report import (EvalOptions, Frame, build_report, compare_reports,
                                           compare_text, episode_entry, load_report, summary_text)
 from lightvla_ros.model.errors import CheckpointError
 from lightvla_ros.paths import resolve_checkpoint
@@ -126,7 +127,7 @@ def run_eval(args: argparse.Namespace) -> int:
             all_frames += frames
     config = json.loads(json.dumps(vars(args), default=str))
     report = build_report("via_ros" if args.via_ros else "offline", config,
-                          checkpoint_identity(args.checkpoint), episodes, all_frames, opts)
+                          checkpoint_fingerprint(args.checkpoint), episodes, all_frames, opts)
     report["policy"] = {k: getattr(policy, k, None) for k in ("chunk_size", "action_dim", "proprio_dim",
                                                                "num_images", "action_space", "action_rows")}
     report["policy"]["action_rows_requested"] = requested_action_rows(args)

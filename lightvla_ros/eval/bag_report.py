@@ -5,7 +5,6 @@ chunk for the same observation stamp if the bag has one, the policy's timings an
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -40,28 +39,6 @@ class EvalOptions:
 
 
 # ---------------------------------------------------------------- identity
-
-def checkpoint_identity(path: str | Path, full_hash_limit: int = 64 << 20) -> dict:
-    """Path + sha256 over (relative name, size, content); files over the limit hash head+tail 1 MiB."""
-    root = Path(path).resolve()
-    files = sorted(p for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
-    h, partial = hashlib.sha256(), 0
-    for f in files:
-        size = f.stat().st_size
-        h.update(f"{f.relative_to(root) if root.is_dir() else f.name}\0{size}\0".encode())
-        with open(f, "rb") as fh:
-            if size <= full_hash_limit:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-            else:
-                partial += 1
-                h.update(fh.read(1 << 20))
-                fh.seek(size - (1 << 20))
-                h.update(fh.read())
-    return {"path": str(root), "sha256": h.hexdigest(), "files": len(files),
-            "hash_method": "full" if not partial else f"full; head+tail 1 MiB for {partial} files over "
-                                                       f"{full_hash_limit >> 20} MiB"}
-
 
 # ---------------------------------------------------------------- metrics
 

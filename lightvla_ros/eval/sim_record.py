@@ -104,12 +104,10 @@ class EpisodeRecorder:
                      "recorded_by": "lightvla-sim-eval", "policy_parameters_from": self.policy_params_from,
                      **self.policy_params}
         if args.policy == "vla":
-            from lightvla_ros.eval.bag_report import checkpoint_identity
             from lightvla_ros.eval.sim_report import checkpoint_fingerprint
 
-            ident = checkpoint_identity(args.checkpoint)
             fp = checkpoint_fingerprint(args.checkpoint)
-            self.base.update(checkpoint=ident["path"], checkpoint_sha256=ident["sha256"],
+            self.base.update(checkpoint=fp["path"], checkpoint_sha256=fp["sha256"],
                              checkpoint_config_sha256=fp.get("config_sha256"),
                              checkpoint_weights_fingerprint=fp.get("weights_fingerprint"))
         self._count = 0

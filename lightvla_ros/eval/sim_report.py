@@ -15,10 +15,12 @@ _EDGE = 4 << 20  # bytes hashed at each end of a weight file (real checkpoints a
 
 
 def checkpoint_fingerprint(path: str | Path | None) -> dict:
-    """Which checkpoint ran: its path, sha256 of its config files and a fingerprint of its weights.
+    """Which checkpoint ran: its path, sha256 of its config files, a fingerprint of its weights and
+    `sha256`, one hash of both (the identity bag and sim reports compare; 64 hex digits).
 
     Config-like files are hashed whole; weight files by (name, size, first and last 4 MiB), so a
-    7B checkpoint is fingerprinted in well under a second."""
+    7B checkpoint is fingerprinted in well under a second. The one checkpoint fingerprint of the
+    package: sim reports, bag reports and recorded bags use it."""
     if not path:
         return {"path": None}
     root = Path(path)
@@ -41,8 +43,10 @@ def checkpoint_fingerprint(path: str | Path | None) -> dict:
                     w_h.update(f.read(_EDGE))
         else:
             cfg_h.update(rel + b"\0" + p.read_bytes())
-    return {"path": str(root.resolve()), "config_sha256": cfg_h.hexdigest()[:16],
-            "weights_fingerprint": w_h.hexdigest()[:16], "weight_files": n_weights, "weight_bytes": weight_bytes}
+    whole = hashlib.sha256(cfg_h.digest() + w_h.digest()).hexdigest()
+    return {"path": str(root.resolve()), "sha256": whole, "files": len(files), "config_sha256": cfg_h.hexdigest()[:16],
+            "weights_fingerprint": w_h.hexdigest()[:16], "weight_files": n_weights, "weight_bytes": weight_bytes,
+            "hash_method": "config files whole; weight files by name, size and first and last 4 MiB"}
 
 
 def versions() -> dict:

@@ -173,6 +173,10 @@ def ros_args(params: Mapping[str, Any] | None = None, params_file: str | os.Path
     return ["--ros-args", *out] if out else []
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class NodeProcess:
     """A process in its own process group, its stdout and stderr captured to `log_path`."""
 
@@ -185,7 +189,10 @@ class NodeProcess:
         self._log.flush()
         self.popen = subprocess.Popen(
             self.argv, env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log,
-            stderr=subprocess.STDOUT, start_new_session=True)  # own group: signals reach children
+            stderr=subprocess.STDOUT, start_new_session=True,  # own group: signals reach children
+            # a launcher started as a background job (bash without job control) has SIGINT ignored;
+            # children would inherit that and never see the SIGINT that stop() sends first
+            preexec_fn=_default_sigint)
         self.pid = self.popen.pid
         self.pgid = self.pid
 

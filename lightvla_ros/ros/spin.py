@@ -44,6 +44,7 @@ def spin_node(make_node: Callable[[], Node], num_threads: int = 1, args=None, na
         log.error(f"could not start: {type(e).__name__}: {e} (check the --ros-args)")
         return _exit(2, args)
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started with SIGINT ignored
     with init:
         node = None
         try:
