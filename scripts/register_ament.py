@@ -33,6 +33,7 @@ def setup_arguments() -> dict:
     finally:
         setuptools.setup = real
         os.chdir(cwd)
+    captured["console_script_entries"] = list(namespace["CONSOLE_SCRIPTS"])   # (name, module:function)
     captured["console_scripts"] = [name for name, _ in namespace["CONSOLE_SCRIPTS"]]
     return captured
 

@@ -10,7 +10,6 @@ from glob import glob
 from pathlib import Path
 
 import pytest
-import setuptools
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,18 +19,11 @@ NOT_AS_WHEELS = {"launch", "launch_ros"}
 
 @pytest.fixture(scope="module")
 def setup_kwargs():
-    """What setup.py passes to setuptools.setup(), captured without building anything."""
-    captured = {}
-    real, cwd = setuptools.setup, Path.cwd()
-    setuptools.setup = lambda **kw: captured.update(kw)
-    try:
-        import os
-        os.chdir(ROOT)  # data_files globs are relative to the package root
-        namespace = runpy.run_path(str(ROOT / "setup.py"))
-    finally:
-        setuptools.setup = real
-        os.chdir(cwd)
-    captured["_CONSOLE_SCRIPTS"] = namespace["CONSOLE_SCRIPTS"]
+    """What setup.py passes to setuptools.setup(), captured without building anything (by the
+    installer's own scripts/register_ament.py)."""
+    script = runpy.run_path(str(ROOT / "scripts" / "register_ament.py"), run_name="register_ament")
+    captured = script["setup_arguments"]()
+    captured["_CONSOLE_SCRIPTS"] = captured["console_script_entries"]
     return captured
 
 

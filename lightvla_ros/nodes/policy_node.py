@@ -49,7 +49,7 @@ from lightvla_interfaces.msg import ActionChunk, PruningStats
 from lightvla_interfaces.srv import SetInstruction
 from lightvla_ros.eval.bag_io import INPUTS_TOPIC, METADATA_TOPIC
 from lightvla_ros.paths import CheckpointNotFound, resolve_checkpoint
-from lightvla_ros.policy.config import RUNTIME, RunnerConfig
+from lightvla_ros.policy.config import FIELDS, RUNTIME, RunnerConfig
 from lightvla_ros.policy.runner import ChunkedPolicyRunner, InferenceWorker, Result, Step
 from lightvla_ros.ros.conversions import (actions_to_joint_trajectory, compressed_to_rgb, image_to_rgb,
                                           policy_output_to_action_chunk, policy_output_to_pruning_stats,
@@ -228,7 +228,7 @@ class PolicyNode(Node):
         """Run-time parameters: validated together and applied at once by the runner, or refused with
         the reason. Never accepted and ignored."""
         new = {p.name: (list(p.value) if isinstance(p.value, (list, tuple, np.ndarray)) else p.value) for p in params}
-        new = {k: v for k, v in new.items() if k in RunnerConfig.__dataclass_fields__}  # e.g. use_sim_time
+        new = {k: v for k, v in new.items() if k in FIELDS}  # not ours: e.g. use_sim_time
         if not new:
             return SetParametersResult(successful=True)
         try:

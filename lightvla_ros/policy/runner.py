@@ -233,11 +233,10 @@ class ChunkedPolicyRunner:
         with self._lock:
             self._tick_times.append(time.monotonic())
             obs = self.assembler.assemble(now)
-            if isinstance(obs, Observation):
-                self._mark_good()
+            since = self._mark_good() if isinstance(obs, Observation) else None
             if not self._publishing_allowed(now):
                 return self._stopped(now, obs)
-            self._maybe_request(now, count_rejection=True, obs=obs)
+            self._maybe_request(now, count_rejection=True, obs=obs, since=since)
             action = self._gate.serve(now, lambda: self.scheduler.next_action(now))
             return self._make_step(action, now) if action is not None else None
 
@@ -402,8 +401,9 @@ class ChunkedPolicyRunner:
         if now is not None:
             self._obs_after = now - 1  # taken before now; one taken at now is new (lock-step: the next state)
 
-    def _mark_good(self) -> None:
-        """An observation assembled: usable until its oldest input is max_observation_age old."""
+    def _mark_good(self) -> int | None:
+        """An observation assembled: usable until its oldest input is max_observation_age old.
+        Returns that oldest input time (fresh_since)."""
         since = self.assembler.fresh_since()
         if since is not None:
             self._last_good = since if self._last_good is None else max(since, self._last_good)
@@ -411,11 +411,12 @@ class ChunkedPolicyRunner:
             self._fresh = True
             if self.safety["stalls"]:
                 self._log("info", "observations resumed")
+        return since
 
     def _publishing_allowed(self, now: int) -> bool:
         return self._last_good is not None and now - self._last_good <= self.assembler.max_observation_age
 
-    def _maybe_request(self, now: int, count_rejection: bool, obs=None) -> None:
+    def _maybe_request(self, now: int, count_rejection: bool, obs=None, since: int | None = None) -> None:
         if self._closed or self._job is not None or not self.scheduler.wants_inference(now):
             return
         if obs is None:
@@ -424,8 +425,8 @@ class ChunkedPolicyRunner:
             if count_rejection:
                 self._report(self.rejected, obs.reason, obs.message)
             return
-        self._mark_good()
-        since = self.assembler.fresh_since()
+        if since is None:   # not marked by the caller (step) yet
+            since = self._mark_good()
         if obs.stamp <= self._obs_after:  # from before the last step / reset: wait for a newer one
             return
         self.scheduler.inference_started(now)

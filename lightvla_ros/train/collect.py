@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ..policy.clock import NEVER, to_ns
+from ..policy.config import LIBERO_PROPRIO
 from ..policy.observation_sync import ObservationAssembler
 from ..policy.types import Observation
 from .dataset import Episode, save_episode
 
 # what the policy node assembles for LIBERO / robosuite checkpoints (config/sim_*.yaml)
-PROPRIO_SOURCES = ("eef_pos", "eef_axis_angle", "joint:gripper0_finger_joint1", "joint:gripper0_finger_joint2")
+PROPRIO_SOURCES = LIBERO_PROPRIO
 DATASET_FORMAT = "lightvla.dataset/1"
 
 
