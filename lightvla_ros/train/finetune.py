@@ -31,8 +31,9 @@ import torch.nn.functional as F
 
 from ..model import LightVLA, load_vla, save_checkpoint
 from ..model.config import resolve_device, resolve_dtype
-from ..model.preprocess import images_to_pixel_values
+from ..model.preprocess import images_to_pixel_values, resize_for_policy
 from ..model.vla import TRAIN_ACTION_ROWS
+from .augment import ImageAugment, normalize_pixels
 from .dataset import ChunkDataset, Episode, Sample, compute_statistics, load_episodes, make_synthetic_episodes
 
 # The LLM's linear layers (Llama attention + MLP); lm_head is unused by the L1 head.
@@ -78,6 +79,9 @@ class FinetuneConfig:
     resume: bool = False  # continue from out_dir's train_state.pt (same max_steps and schedule)
     time_budget_s: float = 0.0  # stop (and save) after this much wall time; 0: no budget
     cache_images: bool = True  # preprocess each frame once (pixel values kept in memory)
+    # the reference's training-time image augmentation (random 90 % crop + colour jitter, train/augment.py);
+    # OFT's image_aug default is on. Off: every frame gets predict_action's center crop, as at inference.
+    image_aug: bool = True
 
 
 @dataclass
@@ -104,32 +108,60 @@ class FinetuneResult:
 
 # ---- batches ---------------------------------------------------------------------------------
 class PixelCache:
-    """Pixel values per camera frame, computed once: keyed by the frame's memory address, which is
-    stable while the episodes stay loaded (the images of a Sample are views into them)."""
+    """`make(images)` per sample's camera frames, computed once: keyed by the frames' memory
+    addresses, which are stable while the episodes stay loaded (a Sample's images are views)."""
 
-    def __init__(self):
+    def __init__(self, make):
+        self.make = make
         self._cache: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, images: list[np.ndarray], transform, center_crop: bool) -> torch.Tensor:
+    def __call__(self, images: list[np.ndarray]) -> torch.Tensor:
         key = tuple((im.ctypes.data, im.shape) for im in images)
         hit = self._cache.get(key)
         if hit is None:
-            hit = self._cache[key] = images_to_pixel_values(images, transform, center_crop)
+            hit = self._cache[key] = self.make(images)
         return hit
 
     def __len__(self) -> int:
         return len(self._cache)
 
 
-def collate(vla: LightVLA, samples: list[Sample], center_crop: bool = True, cache: PixelCache | None = None):
+def resized_frames(images: list[np.ndarray], transform) -> torch.Tensor:
+    """Camera frames -> (cameras, 3, S, S) in [0, 1] at the policy's input size (resize_for_policy:
+    the node's resize and JPEG round trip), before any crop: what augmentation starts from."""
+    frames = np.stack([resize_for_policy(np.ascontiguousarray(im), transform) for im in images])
+    return torch.from_numpy(frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+
+
+def frame_pipeline(vla: LightVLA, cfg: FinetuneConfig):
+    """images -> what collate stacks: normalised pixel values (no augmentation; predict_action's
+    preprocessing) or resized frames (augmented per step); cached when cfg.cache_images."""
+    if cfg.image_aug:
+        def make(images):
+            return resized_frames(images, vla.image_transform)
+    else:
+        def make(images):
+            return images_to_pixel_values(images, vla.image_transform, cfg.center_crop)
+    return PixelCache(make) if cfg.cache_images else make
+
+
+def collate(vla: LightVLA, samples: list[Sample], center_crop: bool = True, frames=None,
+            augment: ImageAugment | None = None, generator: torch.Generator | None = None):
     """Samples -> model inputs on the model's device, right-padded with PAD (mask 0).
 
     pixel_values (B, C, S, S), input_ids / attention_mask (B, T), proprio (B, pdim) | None,
-    actions (B, chunk, dim) normalised targets.
+    actions (B, chunk, dim) normalised targets. frames: frame_pipeline's function (default:
+    predict_action's preprocessing); with `augment` it must give resized frames.
     """
     param = next(vla.parameters())
-    pixels = cache if cache is not None else images_to_pixel_values
-    pixel_values = torch.cat([pixels(s.images, vla.image_transform, center_crop) for s in samples])
+    if augment is None:
+        frames = frames or (lambda images: images_to_pixel_values(images, vla.image_transform, center_crop))
+        pixel_values = torch.cat([frames(s.images) for s in samples])
+    else:
+        frames = frames or (lambda images: resized_frames(images, vla.image_transform))
+        raw = torch.cat([frames(s.images) for s in samples])  # (B * cameras, 3, S, S)
+        pixels = normalize_pixels(augment(raw, generator), vla.image_transform)
+        pixel_values = pixels.reshape(len(samples), -1, *pixels.shape[2:])
     input_ids, attention_mask = vla.prompt_batch([s.instruction for s in samples])  # the serving layout
     proprio = None
     if vla.proprio_projector is not None:
@@ -199,7 +231,9 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print, 
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     rng = np.random.default_rng(cfg.seed + start_step)
-    cache = PixelCache() if cfg.cache_images else None
+    frames = frame_pipeline(vla, cfg)
+    augment = ImageAugment() if cfg.image_aug else None
+    generator = torch.Generator().manual_seed(cfg.seed + start_step)
     began = time.perf_counter()
     seen: dict = {}
 
@@ -232,7 +266,8 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print, 
                 order += list(rng.permutation(len(dataset)))
             batch = [dataset[i] for i in order[:cfg.batch_size]]
             del order[:cfg.batch_size]
-            pixel_values, input_ids, attention_mask, proprio, target = collate(vla, batch, cfg.center_crop, cache)
+            pixel_values, input_ids, attention_mask, proprio, target = collate(vla, batch, cfg.center_crop, frames,
+                                                                       augment, generator)
 
             predicted = vla(pixel_values, input_ids, attention_mask, proprio=proprio)  # (B, chunk, dim)
             loss = F.l1_loss(predicted.float(), target.float())
@@ -431,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=defaults.time_budget_s, dest="time_budget_s",
                         help="seconds; stop and save (resumable) when used up")
     parser.add_argument("--no-image-cache", action="store_false", dest="cache_images")
+    parser.add_argument("--no-image-aug", action="store_false", dest="image_aug",
+                        help="no random crop / colour jitter: train on predict_action's center crop")
     args = parser.parse_args(argv)
     values = vars(args)
     values["data"] = values["data"] or ""
