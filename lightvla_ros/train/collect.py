@@ -7,7 +7,8 @@ Per episode: reset to the init state (robosuite: the seed), the episode protocol
 until success or max steps. Every recorded step holds what the policy node would have assembled
 from the sim bridge's topics at that step: the camera images in the bridge's convention and size,
 the proprio built by the node's own ObservationAssembler from the eef pose and the joint states,
-and the 7-dim action the sim then applied. Failed expert episodes are reported, not saved.
+and the 7-dim action the sim then applied (with --action-noise: the expert's action, the sim applying
+it plus noise, DART). Failed expert episodes are reported, not saved.
 Output: one `.npz` per episode (lightvla_ros.train.dataset) plus `dataset.json` (docs/training.md).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .dataset import Episode, save_episode
 # what the policy node assembles for LIBERO / robosuite checkpoints (config/sim_*.yaml)
 PROPRIO_SOURCES = LIBERO_PROPRIO
 DATASET_FORMAT = "lightvla.dataset/1"
+NOISE_AR = 0.8  # --action-noise: AR(1) coefficient of the injected noise (a deviation lasts a few steps)
 
 
 def parse_indices(spec: str) -> list[int]:
@@ -57,8 +59,15 @@ def policy_view(assembler: ObservationAssembler, sim_obs, stamp: int) -> Observa
     return obs
 
 
-def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=PROPRIO_SOURCES):
-    """-> (Episode or None if the expert failed, info dict)."""
+def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=PROPRIO_SOURCES,
+                    action_noise: float = 0.0, noise_seed: int = 0):
+    """-> (Episode or None if the expert failed, info dict).
+
+    action_noise > 0 (DART, Laskey et al. 2017): the sim applies the expert's action plus
+    temporally correlated Gaussian noise on the position dims (AR(1), coefficient NOISE_AR, that
+    stationary std in action units), and the episode records the expert's own action at each
+    state: the correction back to its plan. Used with chunk_size 1, so every recorded action is
+    the expert's closed-loop answer to the state recorded with it."""
     from ..sim import NOOP_ACTION
     from ..sim.experts import make_expert
 
@@ -71,6 +80,8 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
     expert = make_expert(env)
     expert.reset()
     images, proprio, actions, stamps = [], [], [], []
+    rng = np.random.default_rng([noise_seed, init_state])
+    noise = np.zeros(3)
     success = False
     while len(actions) < env.max_steps and not success:
         for action in expert.act_chunk(sim_obs, chunk_size):
@@ -79,7 +90,11 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
             proprio.append(obs.proprio)
             actions.append(np.asarray(action, dtype=np.float32))
             stamps.append(sim_obs.sim_time)
-            sim_obs, success = env.step(action)
+            applied = np.array(action, dtype=np.float32)
+            if action_noise > 0:
+                noise = NOISE_AR * noise + rng.normal(0.0, action_noise * np.sqrt(1 - NOISE_AR ** 2), 3)
+                applied[:3] = np.clip(applied[:3] + noise, -1.0, 1.0)
+            sim_obs, success = env.step(applied)
             if success or len(actions) >= env.max_steps:
                 break
     info = {"init_state": init_state, "success": bool(success), "steps": len(actions),
@@ -110,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--render-quality", choices=("fast", "full"), default="fast")
     ap.add_argument("--image-convention", default="openvla")
     ap.add_argument("--chunk-size", type=int, default=8, help="expert actions planned per observation")
+    ap.add_argument("--action-noise", type=float, default=0.0,
+                    help="DART: std (action units) of correlated noise added to the applied position actions; "
+                         "the recorded action stays the expert's (use with --chunk-size 1)")
+    ap.add_argument("--noise-seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     from ..sim import SimConfig, make_env
@@ -124,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                         render_quality=args.render_quality, image_convention=args.image_convention)
         with make_env(cfg) as env:
             for i in parse_indices(args.init_states):
-                ep, info = collect_episode(env, i, args.chunk_size)
+                ep, info = collect_episode(env, i, args.chunk_size, action_noise=args.action_noise,
+                                           noise_seed=args.noise_seed)
                 name = f"{args.suite}_{env.task_name}_{i:04d}"
                 if ep is None:
                     failed.append(name)
@@ -137,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                                camera_size=args.camera_size, image_convention=args.image_convention,
                                render_quality=args.render_quality, control_rate_hz=1.0 / env.control_period,
                                proprio_sources=list(PROPRIO_SOURCES), action_space="eef_delta_pose_gripper",
-                               wait_steps=env.num_wait_steps, source="lightvla-collect (scripted expert)")
+                               wait_steps=env.num_wait_steps, source="lightvla-collect (scripted expert)",
+                               expert_chunk_size=args.chunk_size, action_noise=args.action_noise)
     print(f"saved {saved} episode(s) to {out}; expert failures: {len(failed)} {failed}", flush=True)
     return 0 if saved else 1
 

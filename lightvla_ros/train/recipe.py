@@ -33,26 +33,39 @@ def load_recipe(path, quick: bool = False) -> dict:
             raise ValueError(f"recipe {path}: missing section {key!r}")
     if quick and recipe.get("quick"):
         q = recipe["quick"]
+        if isinstance(recipe["collect"], list):  # quick collection: the first section, overridden
+            recipe = dict(recipe, collect=_merge(recipe["collect"][0], q.get("collect") or {}))
         recipe = _merge(recipe, {k: v for k, v in q.items() if k != "stages"})
         recipe["stages"] = [dict(st, **(q.get("stages") or {})) for st in recipe["stages"]]
     return recipe
 
 
+def collect_sections(recipe: dict) -> list[dict]:
+    """The recipe's `collect:` as a list: one mapping, or a list of them (e.g. clean demos plus
+    DART demos with action_noise), all written into OUT/demos."""
+    c = recipe["collect"]
+    return [dict(x) for x in (c if isinstance(c, list) else [c])]
+
+
 def collect(recipe: dict, out: Path, log) -> Path:
     from .collect import main as collect_main, parse_indices
 
-    c = recipe["collect"]
     demos = out / "demos"
-    want = len(parse_indices(c["init_states"])) * len(str(c["tasks"]).split(","))
+    sections = collect_sections(recipe)
+    want = sum(len(parse_indices(c["init_states"])) * len(str(c["tasks"]).split(",")) for c in sections)
     have = len(list(demos.glob("*.npz"))) if demos.is_dir() else 0
     if have >= want:
         log(f"[recipe] demos: {have} episode(s) in {demos}, skipping collection")
         return demos
     log(f"[recipe] collecting {want} demo(s) into {demos}")
-    argv = [str(demos), "--suite", str(c["suite"]), "--tasks", str(c["tasks"]), "--init-states",
-            str(c["init_states"]), "--camera-size", str(c.get("camera_size", 128))]
-    if collect_main(argv) != 0:
-        raise RuntimeError("demo collection saved nothing")
+    for c in sections:
+        argv = [str(demos), "--suite", str(c["suite"]), "--tasks", str(c["tasks"]), "--init-states",
+                str(c["init_states"]), "--camera-size", str(c.get("camera_size", 128))]
+        for key in ("chunk_size", "action_noise", "noise_seed"):
+            if key in c:
+                argv += [f"--{key.replace('_', '-')}", str(c[key])]
+        if collect_main(argv) != 0:
+            raise RuntimeError(f"demo collection saved nothing ({c})")
     return demos
 
 
@@ -99,7 +112,7 @@ def evaluate(recipe: dict, ckpt: Path, out: Path, log) -> dict:
     from ..eval.sim_eval import main as sim_eval_main
 
     e = recipe.get("evaluate") or {}
-    c = recipe["collect"]
+    c = collect_sections(recipe)[0]
     argv = ["--checkpoint", str(ckpt), "--suite", str(c["suite"]), "--tasks", str(c["tasks"]),
             "--init-states", ",".join(str(i) for i in _indices(e.get("init_states", "0-19"))),
             "--camera-size", str(c.get("camera_size", 128)), "--report", str(out / "eval.json"), "--quiet"]

@@ -29,6 +29,25 @@ def test_collected_proprio_is_what_the_node_assembles_and_matches_the_sim(tmp_pa
     np.testing.assert_array_equal(back.timestamps, ep.timestamps)
 
 
+def test_dart_noise_moves_the_robot_off_the_plan_and_records_the_experts_corrections():
+    """--action-noise: the sim applies the expert's action plus noise, the episode records the
+    expert's closed-loop answer at each state (chunk 1). The states leave the clean trajectory and
+    the recorded actions steer back: the expert still succeeds."""
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.train.collect import collect_episode
+
+    with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=32)) as env:
+        clean, _ = collect_episode(env, 7, chunk_size=1)
+        noisy, info = collect_episode(env, 7, chunk_size=1, action_noise=0.4, noise_seed=0)
+        again, _ = collect_episode(env, 7, chunk_size=1, action_noise=0.4, noise_seed=0)
+    assert info["success"] and noisy is not None and clean is not None
+    np.testing.assert_array_equal(noisy.proprio, again.proprio)  # seeded
+    n = min(len(clean), len(noisy))
+    drift = np.abs(noisy.proprio[:n, :3] - clean.proprio[:n, :3]).max()
+    assert drift > 0.005, drift  # metres off the clean path
+    assert np.all(np.abs(noisy.actions) <= 1.0) and set(np.unique(noisy.actions[:, 6])) <= {-1.0, 1.0}
+
+
 def test_lr_schedule_warmup_then_cosine():
     from lightvla_ros.train.finetune import FinetuneConfig, lr_factor
 
