@@ -1,8 +1,11 @@
 """Vision backbone: one timm ViT or the fused DINOv2 + SigLIP pair, several images per sample.
 
 Faithful to Prismatic: features are the second-to-last block's patch tokens (prefix tokens
-dropped), the fused backbone concatenates the two ViTs channel-wise (1024 + 1152 = 2176),
-and every image (third-person, wrist, ...) is a separate pass through the same weights.
+dropped), the fused backbone concatenates the two ViTs channel-wise (1024 + 1152 = 2176), and
+every image (third-person, wrist, ...) goes through the same weights with its patches placed one
+image after the other along the sequence. Beyond it: all images of all samples go through each
+ViT in ONE batched pass (the reference runs a pass per image), and the blocks after the one we
+read are not run (the reference runs them and drops their output); neither changes the features.
 """
 from __future__ import annotations
 
@@ -77,8 +80,10 @@ class VisionBackbone(nn.Module):
 
     @staticmethod
     def _features(featurizer: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        # second-to-last block output, prefix (cls/register) tokens removed: (B, 256, D)
-        (feats,) = featurizer.get_intermediate_layers(images, n=[len(featurizer.blocks) - 2])
+        # second-to-last block output, prefix (cls/register) tokens removed: (B, 256, D); the last
+        # block does not change it, so it is not run (stop_early)
+        (feats,) = featurizer.forward_intermediates(images, indices=[len(featurizer.blocks) - 2], stop_early=True,
+                                                    output_fmt="NLC", intermediates_only=True)
         return feats
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -87,9 +92,9 @@ class VisionBackbone(nn.Module):
             raise ValueError(
                 f"pixel_values must be (B, {expected}, H, W) for {self.num_images} image(s) x "
                 f"{self.image_channels} channels, got {tuple(pixel_values.shape)}")
-        per_image = []
-        for image in torch.split(pixel_values, self.image_channels, dim=1):  # each (B, C_img, H, W)
-            parts = torch.split(image, 3, dim=1)
-            feats = [self._features(f, x) for f, x in zip(self._featurizers, parts)]  # (B, 256, D_i)
-            per_image.append(torch.cat(feats, dim=2))  # (B, 256, D)
-        return torch.cat(per_image, dim=1)  # (B, 256 * num_images, D)
+        bsz, _, height, width = pixel_values.shape
+        # every camera of every sample in one batch, sample-major: row b * num_images + i is image i of sample b
+        images = pixel_values.reshape(bsz * self.num_images, self.image_channels, height, width)
+        parts = torch.split(images, 3, dim=1)  # one RGB view per featurizer, each normalised for it
+        feats = torch.cat([self._features(f, x) for f, x in zip(self._featurizers, parts)], dim=2)  # (B*N, 256, D)
+        return feats.reshape(bsz, self.num_images * self.num_patches, feats.shape[-1])  # (B, 256 * N, D), image-major
