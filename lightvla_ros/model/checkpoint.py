@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 from .config import PLATFORMS, Platform, get_platform, resolve_device, resolve_dtype
 from .errors import CheckpointError
 from .preprocess import RESIZE_STRATEGIES, ImageTransform
+from .static import resolve_inference_path
 from .tokenizer import PromptTokenizer
 from .vla import ACTION_ROWS, LightVLA, resolve_action_rows
 
@@ -253,7 +254,7 @@ def _load_head(path: Path, prefix: str, expected: dict[str, torch.Tensor], devic
 def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile: bool = False,
              platform: str | None = None, num_images: int | None = None,
              unnorm_key: str | None = None, prune: bool | None = None, action_rows: str = "auto",
-             step: int | None = None) -> LightVLA:
+             step: int | None = None, inference_path: str = "dynamic") -> LightVLA:
     """Load a local checkpoint directory (released LightVLA / OpenVLA-OFT layout) for inference.
 
     platform / num_images / unnorm_key default to the config's "lightvla" block, then to what the
@@ -261,8 +262,9 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
     OpenVLA-OFT; default: the config's "lightvla.prune", else True). action_rows: which hidden
     states feed the action head, "oft" | "lightvla" | "auto" (the config's "lightvla.action_rows",
     else "lightvla" with pruning and "oft" without; vla.resolve_action_rows). step picks the head
-    files when several steps sit side by side (otherwise an error). The model comes back in eval
-    mode on `device`.
+    files when several steps sit side by side (otherwise an error). inference_path: "dynamic" |
+    "static" | "graphed" | "auto" (model/static.py; VLAPolicy and the node default to auto). The
+    model comes back in eval mode on `device`.
     """
     ckpt = Path(checkpoint_dir)
     if not ckpt.is_dir():
@@ -291,6 +293,7 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
 
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    resolve_inference_path(inference_path, device, compile)  # a bad value fails before the weights load
     vla = build_vla(config, plat, n_images, use_proprio=proprio_file is not None, device="meta")
     expected = vla.state_dict()
     heads = ("action_head.", "proprio_projector.")
@@ -321,6 +324,7 @@ def load_vla(checkpoint_dir, device: str = "auto", dtype: str = "auto", compile:
     vla.eval()
     if compile:
         vla.enable_compile()
+    vla.set_inference_path(inference_path)
     return vla
 
 

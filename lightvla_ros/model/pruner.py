@@ -95,11 +95,13 @@ class TokenPruner(nn.Module):
         return weights.argmax(dim=-1), weights @ patches
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor,
-                attention_mask: torch.Tensor):
+                attention_mask: torch.Tensor, keep_mask: torch.Tensor | None = None):
         """tokens (B, L, D), position_ids (B, L) long, attention_mask (B, L) 0/1.
 
         Eval: returns (B, 1 + M + T, ...) with M = max kept count in the batch.
         Train: returns the same length L.
+        keep_mask (B, P) bool, eval only: votes already cast by `vote` on these tokens (the static
+        path casts them inside a CUDA graph); None casts them here.
         """
         position_ids, attention_mask = self._check(tokens, position_ids, attention_mask)
         bsz, seq_len, dim = tokens.shape
@@ -109,19 +111,16 @@ class TokenPruner(nn.Module):
         pos_bos, pos_patches, pos_task = torch.split(position_ids, split, dim=1)
         am_bos, am_patches, am_task = torch.split(attention_mask, split, dim=1)
 
-        if self.training or bool(am_task.bool().all()):
-            score = self.get_score(patches, task)  # (B, P, P), the reference's votes
-        else:  # a right-padded eval batch (prompts of different lengths): padding must not sway the votes
-            score = self.get_score(patches, task, am_task)
-
         if self.training:
+            score = self.get_score(patches, task)  # (B, P, P), the reference's votes
             indices, patches = self.score_to_indices(score, patches)  # (B, P), (B, P, D)
             # each slot takes the position id and mask entry of the patch it voted for
             pos_patches = pos_patches.gather(1, indices)
             am_patches = am_patches.gather(1, indices)
             keep_mask = torch.zeros_like(indices, dtype=torch.bool).scatter(1, indices, True)
         else:
-            keep_mask = self.score_to_mask(score)  # (B, P)
+            if keep_mask is None:
+                keep_mask = self.vote(tokens, attention_mask)  # (B, P)
             patches, pos_patches, am_patches = self._gather_kept(
                 keep_mask, patches, pos_patches, am_patches)
 
@@ -132,6 +131,25 @@ class TokenPruner(nn.Module):
         position_ids = torch.cat([pos_bos, pos_patches, pos_task], dim=1)
         attention_mask = torch.cat([am_bos, am_patches, am_task], dim=1)
         return tokens, position_ids, attention_mask
+
+    def vote(self, tokens: torch.Tensor, attention_mask: torch.Tensor,
+             task_padded: bool | None = None) -> torch.Tensor:
+        """Eval votes on `[BOS] + patches + task`: tokens (B, L, D), attention_mask (B, L) -> keep_mask (B, P) bool.
+
+        task_padded: whether some task token is padding (a right-padded batch of prompts), so the
+        votes must not look at it; None looks at the mask (a host sync, which a CUDA graph cannot
+        hold: the static path passes it). All-valid prompts vote exactly as the reference.
+        """
+        P = self.num_patches
+        patches, task = tokens[:, 1:1 + P], tokens[:, 1 + P:]  # (B, P, D), (B, T, D)
+        am_task = attention_mask[:, 1 + P:]  # (B, T)
+        if task_padded is None:
+            task_padded = not bool(am_task.bool().all())
+        if task_padded:  # a right-padded batch (prompts of different lengths): padding must not sway the votes
+            score = self.get_score(patches, task, am_task)  # (B, P, P)
+        else:
+            score = self.get_score(patches, task)  # the reference's votes
+        return self.score_to_mask(score)
 
     @staticmethod
     def _gather_kept(keep_mask, patches, pos_patches, am_patches):

@@ -4,6 +4,10 @@ L1-regression action head) + the parameter-free TokenPruner before decoder layer
 The pruner runs between the embeddings and the LLM without a copy of LlamaModel.forward: we
 build the multimodal embeddings ourselves, prune (embeds, position_ids, mask), and call the
 LLM with inputs_embeds / position_ids / a 2-D attention mask (as LightVLA's modeling_prismatic.py does).
+
+Two inference paths run the same stages (`inference_path`, model/static.py): `dynamic` hands the
+LLM whatever length the pruner leaves; `static` pads it to a multiple of 16 (masked, exact up to
+float rounding) and `graphed` replays each stage from a CUDA graph captured per length.
 """
 from __future__ import annotations
 
@@ -20,10 +24,16 @@ from .errors import CheckpointError
 from .heads import L1RegressionActionHead, ProprioProjector, Projector
 from .preprocess import ImageTransform, images_to_pixel_values, normalize_proprio, unnormalize_actions
 from .pruner import TokenPruner
+from .static import (GraphedStages, bucket_length, bucket_lengths, held_memory, pad_to_bucket,
+                     resolve_inference_path)
 from .vision import VisionBackbone
 
 PLACEHOLDER_TOKEN_ID = ACTION_TOKEN_BEGIN_IDX + 1  # any id works: placeholder embeddings are zeroed
 PAD_TOKEN_ID = 0  # right padding of a batch: masked out of the LLM and of the pruner's task attention
+WARMUP_INSTRUCTION = "warm up"
+# graphs are captured at warm-up for instructions up to this many tokens longer than the warm-up one
+# (LIBERO's are 8-20 tokens); a longer one is captured on its first use
+WARMUP_EXTRA_PROMPT_TOKENS = 64
 
 # Which chunk*dim rows of the LLM output feed the action head, as an offset from the placeholder
 # rows (docs/model.md "Action rows"). Sequence: [BOS] [patches] [proprio] [prompt]
@@ -112,6 +122,9 @@ class LightVLA(nn.Module):
         self.image_transform = ImageTransform(
             size=int(config.get("image_sizes", [224])[0]), norm_stats=self.vision_backbone.norm_stats())
         self.preprocessor_config: dict | None = None  # the checkpoint's preprocessor_config.json, kept for saving
+        self._inference_path = "dynamic"  # set_inference_path; training always runs dynamic
+        self._graphed: GraphedStages | None = None  # the graphed path's captured stages, made on first use
+        self.last_llm_length = 0  # the LLM's sequence length in the last forward (with the static padding)
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -127,10 +140,86 @@ class LightVLA(nn.Module):
         self.vision_backbone.num_images = num_images
         self.pruner.num_patches = self.vision_backbone.num_patches * num_images
 
-    def enable_compile(self) -> None:
-        """torch.compile the backbone and the LLM (dynamic shapes: the pruned length varies)."""
-        self._compiled["llm"] = torch.compile(self.language_model.model, dynamic=True)
-        self._compiled["vision"] = torch.compile(self.vision_backbone, dynamic=True)
+    def enable_compile(self, enabled: bool = True) -> None:
+        """torch.compile the backbone and the LLM (dynamic shapes: the pruned length varies); False undoes it."""
+        self._compiled.clear()
+        if enabled:
+            self._compiled["llm"] = torch.compile(self.language_model.model, dynamic=True)
+            self._compiled["vision"] = torch.compile(self.vision_backbone, dynamic=True)
+        self._graphed = None  # graphs hold the kernels they were captured with
+
+    # ---- inference path (model/static.py) -------------------------------------------------
+    @property
+    def inference_path(self) -> str:
+        """dynamic | static | graphed: what an inference (eval mode, no gradients) runs."""
+        return self._inference_path
+
+    def set_inference_path(self, path: str = "auto") -> str:
+        """auto | dynamic | static | graphed -> the resolved path (auto: graphed on CUDA, dynamic on
+        CPU; graphed on a CPU runs static). Drops captured graphs."""
+        device = next(self.parameters()).device
+        self._inference_path = resolve_inference_path(path, device, compile=bool(self._compiled))
+        self._graphed = None
+        return self._inference_path
+
+    @property
+    def graphs(self) -> GraphedStages | None:
+        """The graphed path's stages (captured graphs, capture time, a failure that turned them off)."""
+        return self._graphed
+
+    def _stage(self, name: str, fn, *args, **static):
+        """One static-path stage: replayed from its CUDA graph on the graphed path, else called."""
+        if self._inference_path != "graphed":
+            return fn(*args, **static)
+        if self._graphed is None:
+            self._graphed = GraphedStages(next(self.parameters()).device)
+        return self._graphed(name, fn, *args, **static)
+
+    def capture_graphs(self, instruction: str = WARMUP_INSTRUCTION,
+                       extra_prompt_tokens: int = WARMUP_EXTRA_PROMPT_TOKENS, batch_size: int = 1) -> dict:
+        """Warm-up of the graphed path: capture every stage the checkpoint can need at this batch size.
+
+        One forward with `instruction` captures the vision, vote and head stages; then one LLM graph
+        per bucket from one kept patch to all of them, pruned or not, for prompts from this one to
+        `extra_prompt_tokens` longer. Returns a report: graph count, buckets, capture seconds, and
+        the memory the graphs hold (reserved by the caching allocator after emptying its cache,
+        before vs after: the graphs' private pool plus their input and output buffers).
+        """
+        if self._inference_path != "graphed":
+            return {"graphs": 0, "note": f"inference path is {self._inference_path}: nothing to capture"}
+        param = next(self.parameters())
+        device = param.device
+        t0 = time.perf_counter()
+        held0 = held_memory(device)
+        with torch.inference_mode():
+            pixel_values = torch.zeros(batch_size, self.vision_backbone.image_channels * self.num_images,
+                                       *self.vision_backbone.featurizer.patch_embed.img_size,
+                                       device=device, dtype=param.dtype)
+            input_ids, attention_mask = self.prompt_batch([instruction] * batch_size)
+            proprio = None
+            if self.proprio_projector is not None:
+                proprio = torch.zeros(batch_size, self.platform.proprio_dim, device=device)
+            prune, self.prune = self.prune, True  # the vote stage too, whichever way pruning is set
+            try:
+                self(pixel_values, input_ids, attention_mask, proprio=proprio)
+            finally:
+                self.prune = prune
+            # the LLM stage at every length: BOS + kept patches + proprio + prompt, placeholders, STOP
+            after_patches = (proprio is not None) + input_ids.shape[1] - 1
+            buckets = bucket_lengths(1 + 1 + after_patches,
+                                     1 + self.pruner.num_patches + after_patches + extra_prompt_tokens)
+            gen = torch.Generator(device=device).manual_seed(0)
+            hidden = self.text_config.hidden_size
+            for length in buckets:
+                tokens = torch.randn(batch_size, length, hidden, generator=gen, device=device).to(param.dtype)
+                position_ids = torch.arange(length, device=device)[None].expand(batch_size, -1)
+                mask = torch.ones(batch_size, length, dtype=torch.long, device=device)
+                rows = torch.arange(length - self.num_action_tokens, length, device=device)[None].expand(batch_size, -1)
+                self._stage("llm", self._llm_rows, tokens, position_ids, mask, rows)
+        graphed = self._graphed
+        return {"graphs": graphed.count, "llm_buckets": buckets, "batch_size": batch_size,
+                "capture_s": round(graphed.graphs.capture_s, 3), "total_s": round(time.perf_counter() - t0, 3),
+                "memory_bytes": held_memory(device) - held0, "failure": graphed.failure}
 
     # ---- forward --------------------------------------------------------------------------
     def _sync(self, device: torch.device) -> float:
@@ -182,8 +271,10 @@ class LightVLA(nn.Module):
         (B, proprio_dim) already normalised; action_mask (B, T) bool marks the placeholders
         (default: the chunk*dim tokens before the last valid token). The head reads the rows of
         `self.action_rows` (action_row_index). In train mode the pruner keeps the length
-        (straight-through votes), so an L1 loss on the output trains it.
+        (straight-through votes), so an L1 loss on the output trains it. Without gradients in
+        eval mode, `inference_path` static / graphed pads the LLM sequence to a bucket.
         """
+        static = self._inference_path != "dynamic" and not self.training and not torch.is_grad_enabled()
         device = input_ids.device
         t0 = self._sync(device)
         if action_mask is None:
@@ -192,20 +283,16 @@ class LightVLA(nn.Module):
         if bool((counts != self.num_action_tokens).any()):
             raise ValueError(f"each sample needs {self.num_action_tokens} action positions "
                              f"({self.platform.chunk_size} x {self.platform.action_dim}), got {counts.tolist()}")
+        if proprio is not None and self.proprio_projector is None:
+            raise ValueError("proprio given but this checkpoint has no proprio projector")
         bsz = input_ids.shape[0]
 
         embeds = self.language_model.model.embed_tokens(input_ids)  # (B, T, H)
         embeds = embeds * ~action_mask[..., None]  # placeholders carry no content (OFT)
-        vision = self._compiled.get("vision", self.vision_backbone)
-        patches = self.projector(vision(pixel_values))  # (B, P, H)
-        if patches.shape[1] != self.pruner.num_patches:
-            raise ValueError(f"vision produced {patches.shape[1]} patches but pruner.num_patches is "
-                             f"{self.pruner.num_patches}; change the image count with set_num_images_in_input()")
-        if proprio is not None:
-            if self.proprio_projector is None:
-                raise ValueError("proprio given but this checkpoint has no proprio projector")
-            proprio_token = self.proprio_projector(proprio.to(patches.dtype))[:, None]  # (B, 1, H)
-            patches = torch.cat([patches, proprio_token], dim=1)  # lands in the task block: never pruned
+        if static:
+            patches = self._stage("vision", self._visual_tokens, pixel_values, proprio)  # (B, P + 1, H)
+        else:
+            patches = self._visual_tokens(pixel_values, proprio)
         t1 = self._sync(device)
 
         # [BOS] + [patches] + [proprio] + [prompt, placeholders, STOP]
@@ -213,25 +300,67 @@ class LightVLA(nn.Module):
         ones = attention_mask.new_ones(bsz, patches.shape[1])
         mask = torch.cat([attention_mask[:, :1], ones, attention_mask[:, 1:]], dim=1)  # (B, L)
         position_ids = torch.arange(tokens.shape[1], device=device)[None].expand(bsz, -1)  # (B, L)
+        task_len = tokens.shape[1] - 1 - self.pruner.num_patches  # proprio + prompt, placeholders, STOP
         if self.prune:
-            tokens, position_ids, mask = self.pruner(tokens, position_ids, mask)
+            keep_mask = None
+            if static:  # the votes in their graph; the gather's length needs the host
+                task_padded = not bool(attention_mask.bool().all())
+                keep_mask = self._stage("vote", self.pruner.vote, tokens, mask, task_padded=task_padded)
+            tokens, position_ids, mask = self.pruner(tokens, position_ids, mask, keep_mask=keep_mask)
             self.last_keep_mask = self.pruner.last_keep_mask  # (B, P) bool
         else:
             self.last_keep_mask = torch.ones(bsz, self.pruner.num_patches, dtype=torch.bool, device=device)
+        if static:  # masked padding after the patch block, up to the bucket
+            tokens, position_ids, mask = pad_to_bucket(tokens, position_ids, mask, tokens.shape[1] - task_len,
+                                                       bucket_length(tokens.shape[1]))
+        self.last_llm_length = tokens.shape[1]
         t2 = self._sync(device)
 
-        llm = self._compiled.get("llm", self.language_model.model)
-        hidden = llm(inputs_embeds=tokens, attention_mask=mask, position_ids=position_ids,
-                     use_cache=False).last_hidden_state  # (B, L', H), final norm applied
-        t3 = self._sync(device)
-
-        rows = self.action_row_index(action_mask, attention_mask, hidden.shape[1])  # (B, n_act)
-        action_hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n_act, H)
-        actions = self.action_head(action_hidden)  # (B, chunk, dim)
+        if static:
+            rows = self.action_row_index(action_mask, attention_mask, tokens.shape[1])  # (B, n_act)
+            action_hidden = self._stage("llm", self._llm_rows, tokens, position_ids, mask, rows)  # (B, n_act, H)
+            t3 = self._sync(device)
+            actions = self._stage("head", self.action_head, action_hidden)  # (B, chunk, dim)
+        else:
+            llm = self._compiled.get("llm", self.language_model.model)
+            hidden = llm(inputs_embeds=tokens, attention_mask=mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state  # (B, L', H), final norm applied
+            t3 = self._sync(device)
+            rows = self.action_row_index(action_mask, attention_mask, hidden.shape[1])  # (B, n_act)
+            action_hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n_act, H)
+            actions = self.action_head(action_hidden)  # (B, chunk, dim)
         t4 = self._sync(device)
         if timings is not None:
             timings.update(vision=t1 - t0, pruner=t2 - t1, llm=t3 - t2, head=t4 - t3, total=t4 - t0)
         return actions
+
+    def _visual_tokens(self, pixel_values: torch.Tensor, proprio: torch.Tensor | None) -> torch.Tensor:
+        """pixel_values (B, C, S, S), proprio (B, proprio_dim) or None -> (B, P [+ 1], H): the projected
+        patches of every camera, then the proprio token (in the task block: never pruned)."""
+        vision = self._compiled.get("vision", self.vision_backbone)
+        patches = self.projector(vision(pixel_values))  # (B, P, H)
+        if patches.shape[1] != self.pruner.num_patches:
+            raise ValueError(f"vision produced {patches.shape[1]} patches but pruner.num_patches is "
+                             f"{self.pruner.num_patches}; change the image count with set_num_images_in_input()")
+        if proprio is None:
+            return patches
+        proprio_token = self.proprio_projector(proprio.to(patches.dtype))[:, None]  # (B, 1, H)
+        return torch.cat([patches, proprio_token], dim=1)
+
+    def _llm_rows(self, tokens: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor,
+                  rows: torch.Tensor) -> torch.Tensor:
+        """The static path's LLM stage: tokens (B, L, H), position_ids / mask (B, L), rows (B, n_act)
+        -> the head's hidden states (B, n_act, H).
+
+        The mask goes in 4-D (B, 1, L, L), as transformers would build it from the 2-D one: given a
+        2-D mask it first checks whether any entry is 0, a host sync that a CUDA graph cannot hold.
+        """
+        llm = self._compiled.get("llm", self.language_model.model)
+        keys = mask.bool()[:, None, None, :]  # (B, 1, 1, L): padding is never attended to
+        mask4 = keys.expand(-1, -1, tokens.shape[1], -1)  # (B, 1, L, L), bidirectional
+        hidden = llm(inputs_embeds=tokens, attention_mask=mask4, position_ids=position_ids,
+                     use_cache=False).last_hidden_state  # (B, L, H), final norm applied
+        return hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))
 
     # ---- prediction -----------------------------------------------------------------------
     def resolve_unnorm_key(self, unnorm_key: str | None = None) -> str:
