@@ -144,7 +144,7 @@ class PolicyNode(Node):
             path = resolve_checkpoint(cfg.checkpoint)
         except CheckpointNotFound as e:
             raise StartupError(f"checkpoint {cfg.checkpoint!r} does not exist (parameter 'checkpoint'): {e}") from None
-        kwargs = dict(device=cfg.device, dtype=cfg.dtype, compile=cfg.compile)
+        kwargs = dict(device=cfg.device, dtype=cfg.dtype, compile=cfg.compile, inference_path=cfg.inference_path)
         if cfg.action_rows != "auto":
             kwargs["action_rows"] = cfg.action_rows
         if cfg.unnorm_key:
@@ -160,10 +160,12 @@ class PolicyNode(Node):
         except Exception as e:  # CheckpointError, OSError, ...: one clear line, not a traceback
             why = str(e) if type(e).__name__ == "ModelProcessError" else f"{type(e).__name__}: {e}"
             raise StartupError(f"could not load checkpoint {cfg.checkpoint!r}: {why}") from None
+        # a ProcessPolicy resolves "auto" in its child, where torch and the device are
+        path_used = getattr(policy, "inference_path", None) or f"{cfg.inference_path} (resolved in the model process)"
         self.get_logger().info(f"loaded {path} in {time.monotonic() - t0:.1f} s: chunk {policy.chunk_size} "
                                f"x {policy.action_dim} ({policy.action_space}), {policy.num_images} image(s), "
-                               f"proprio {policy.proprio_dim}, action rows {getattr(policy, 'action_rows', 'n/a')}"
-                               f"{', in a child process' if cfg.inference_process else ''}")
+                               f"proprio {policy.proprio_dim}, action rows {getattr(policy, 'action_rows', 'n/a')}, "
+                               f"inference path {path_used}{', in a child process' if cfg.inference_process else ''}")
         return policy
 
     def start(self) -> None:
@@ -182,9 +184,15 @@ class PolicyNode(Node):
                                "warm-up: the weights or the dataset statistics are broken")
         self.worker.start()
         self._publish_config()
+        report = getattr(self.policy, "warmup_report", None) or {}   # the graphed path's captures (in a thread)
+        graphs = ""
+        if report.get("failure"):
+            graphs = f"; CUDA graphs off ({report['failure']}), static path eager"
+        elif report.get("graphs"):
+            graphs = f"; {report['graphs']} CUDA graphs, {report['memory_bytes'] / 2**20:.0f} MiB"
         self.get_logger().info(
             f"policy ready (warm-up {time.monotonic() - t0:.2f} s; mode {cfg.execution_mode}, "
-            f"{cfg.control_rate_hz:g} Hz, cameras {dict(zip(cfg.camera_names, cfg.camera_topics))})")
+            f"{cfg.control_rate_hz:g} Hz, cameras {dict(zip(cfg.camera_names, cfg.camera_topics))}{graphs})")
 
     def close(self, timeout: float = 0.5) -> None:
         """Stop the worker (an inference in flight is discarded: nothing is published after this),

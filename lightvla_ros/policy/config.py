@@ -21,6 +21,8 @@ from .observation_sync import parse_proprio_sources
 
 LIBERO_PROPRIO = ("eef_pos", "eef_axis_angle", "joint:gripper0_finger_joint1", "joint:gripper0_finger_joint2")
 LIBERO_CAMERAS = ("agentview", "wrist")
+# lightvla_ros.model.static.INFERENCE_PATHS, restated: this module imports no torch (tested equal)
+INFERENCE_PATHS = ("dynamic", "static", "graphed")
 
 
 def param(default: Any, help: str, runtime: bool = False, list_type: str | None = None):
@@ -38,6 +40,10 @@ class RunnerConfig:
     device: str = param("auto", "auto | cpu | cuda | cuda:N")
     dtype: str = param("auto", "auto | float32 | bfloat16 | float16")
     compile: bool = param(False, "torch.compile the model at start-up")
+    inference_path: str = param("auto", "model inference path: auto (graphed on CUDA, dynamic on CPU; dynamic "
+                                        "when compile is on) | dynamic (off: any pruned length, eager) | static "
+                                        "(length padded to a multiple of 16) | graphed (static + CUDA graphs; "
+                                        "static on a CPU) (docs/model.md)")
     inference_process: bool = param(True, "run the model in a child process (its own interpreter lock: the "
                                           "step timer never waits behind a forward pass); false: a thread")
     unnorm_key: str = param("", "dataset statistics key for unnormalising actions ('' = the checkpoint's "
@@ -122,6 +128,7 @@ class RunnerConfig:
         choice("limit_mode", ("clip", "reject"))
         choice("async_blend", ("linear", "none"))
         choice("action_rows", ("auto", "oft", "lightvla"))
+        choice("inference_path", ("auto", *INFERENCE_PATHS))
         seconds("max_observation_age")
         seconds("future_stamp_tolerance", positive=False)
         seconds("pairing_tolerance", positive=False)

@@ -19,14 +19,16 @@ class VLAPolicy:
     def __init__(self, checkpoint, device: str = "auto", dtype: str = "auto", compile: bool = False,
                  center_crop: bool = True, unnorm_key: str | None = None, num_images: int | None = None,
                  platform: str | None = None, prune: bool | None = None, action_rows: str = "auto",
-                 step: int | None = None):
+                 step: int | None = None, inference_path: str = "auto"):
         # action_rows: "auto" | "oft" | "lightvla", which hidden states feed the action head (docs/model.md)
+        # inference_path: "auto" | "dynamic" | "static" | "graphed" (docs/model.md, static path)
         self.model = load_vla(checkpoint, device=device, dtype=dtype, compile=compile, platform=platform,
                               num_images=num_images, unnorm_key=unnorm_key, prune=prune,
-                              action_rows=action_rows, step=step)
+                              action_rows=action_rows, step=step, inference_path=inference_path)
         self.unnorm_key = self.model.resolve_unnorm_key(unnorm_key)
         self.center_crop = bool(center_crop)
         self.num_inferences = 0
+        self.warmup_report: dict = {}  # the graphed path's captures at warm-up (model.capture_graphs)
 
     # ---- what the transport needs to know -------------------------------------------------
     @property
@@ -60,6 +62,11 @@ class VLAPolicy:
         return self.model.action_rows
 
     @property
+    def inference_path(self) -> str:
+        """The resolved inference path: "dynamic", "static" or "graphed"."""
+        return self.model.inference_path
+
+    @property
     def device(self):
         return next(self.model.parameters()).device
 
@@ -69,8 +76,11 @@ class VLAPolicy:
         self.num_inferences = 0
 
     def warmup(self, iterations: int = 1) -> PolicyOutput:
-        """Run dummy inferences so the first real one does not pay allocation / compile costs;
-        returns the last output (the caller may check it: a broken checkpoint shows here)."""
+        """Run dummy inferences so the first real one does not pay allocation / compile / graph
+        capture costs; returns the last output (the caller may check it: a broken checkpoint shows
+        here). The graphed path first captures its graphs (`warmup_report`)."""
+        if self.inference_path == "graphed" and not self.warmup_report:
+            self.warmup_report = self.model.capture_graphs()
         images = [np.zeros((224, 224, 3), dtype=np.uint8) for _ in range(self.num_images)]
         proprio = np.zeros(self.proprio_dim, dtype=np.float32) if self.uses_proprio else None
         out = None

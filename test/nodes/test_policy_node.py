@@ -71,6 +71,10 @@ def test_no_instruction_no_action(node, drv):
     assert "missing_instruction" in node.log_text()
 
 
+def test_start_up_log_names_the_inference_path(node):
+    assert "inference path auto (resolved in the model process)" in node.log_text()
+
+
 def test_good_stream_chunks_actions_stats(node, drv):
     drv.set_instruction("put the bowl on the plate")
     drv.spin(0.3)
