@@ -44,6 +44,57 @@ def random_vla(size: str = "7b", platform: str = "libero", num_images: int = 2, 
     return vla.eval()
 
 
+# Peak memory bandwidth (TB/s, datasheet) by device name, most specific first; None: ask for --bandwidth-tbs
+PEAK_BANDWIDTH_TBS = (("GH200", None), ("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35),
+                      ("B200", 8.0), ("A100-SXM4-80GB", 2.039), ("A100 80GB PCIe", 1.935), ("A100", 1.555),
+                      ("L40S", 0.864), ("RTX 4090", 1.008), ("RTX 3090", 0.936))
+
+
+def peak_bandwidth_tbs(device_name: str) -> float | None:
+    for key, tbs in PEAK_BANDWIDTH_TBS:
+        if key in device_name:
+            return tbs
+    return None
+
+
+def copy_bandwidth_tbs(device, gib: float = 1.0, repeats: int = 10) -> float:
+    """Measured device-to-device copy rate (bytes read + written per second), in TB/s."""
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        dst.copy_(src)
+    torch.cuda.synchronize(device)
+    rate = 2 * src.numel() * repeats / (time.perf_counter() - t0) / 1e12
+    del src, dst
+    torch.cuda.empty_cache()
+    return rate
+
+
+def weight_bytes_read(vla) -> int:
+    """Bytes of weights one forward reads, the floor of its memory traffic at batch 1: each ViT up to
+    the block whose features are taken, projectors, the LLM's layers and final norm, the action head.
+    Not read: the ViTs' later blocks and heads, the embedding table (a few rows), the LM head."""
+    def size(params):
+        return sum(p.numel() * p.element_size() for p in params)
+
+    total = 0
+    backbone = vla.vision_backbone
+    for f in [backbone.featurizer] + ([backbone.fused_featurizer] if backbone.use_fused else []):
+        used = len(f.blocks) - 1  # blocks 0 .. n-2 (stop_early)
+        total += size(p for name, p in f.named_parameters()
+                      if name.startswith(("patch_embed.", "cls_token", "reg_token", "pos_embed", "norm_pre."))
+                      or (name.startswith("blocks.") and int(name.split(".")[1]) < used))
+    llm = vla.language_model.model
+    total += size(llm.layers.parameters()) + size(llm.norm.parameters())
+    for module in (vla.projector, vla.proprio_projector, vla.action_head):
+        if module is not None:
+            total += size(module.parameters())
+    return total
+
+
 def measure(vla, repeats: int = 10, warmup: int = 2) -> dict:
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(vla.num_images)]
@@ -55,7 +106,8 @@ def measure(vla, repeats: int = 10, warmup: int = 2) -> dict:
             runs.append(pred)
     keys = runs[0].timings.keys()
     out = {k: statistics.median(r.timings[k] for r in runs) * 1000 for k in keys}
-    return {"prune": vla.prune, "kept_total": runs[-1].kept_total, "ms": {k: round(v, 2) for k, v in out.items()}}
+    return {"prune": vla.prune, "kept_total": runs[-1].kept_total, "llm_length": vla.last_llm_length,
+            "ms": {k: round(v, 2) for k, v in out.items()}}
 
 
 def main(argv=None) -> int:
