@@ -47,10 +47,9 @@ class ImageAugment:
         x = (x + uniform(-self.brightness, self.brightness).view(n, 1, 1, 1)).clamp(0, 1)
         mean = x.mean(dim=(2, 3), keepdim=True)
         x = ((x - mean) * uniform(*self.contrast).view(n, 1, 1, 1) + mean).clamp(0, 1)
-        sat, hue = uniform(*self.saturation), uniform(-self.hue, self.hue)
-        x = torch.stack([TF.adjust_hue(TF.adjust_saturation(im, float(s)), float(h))
-                         for im, s, h in zip(x, sat, hue)])
-        return x.clamp(0, 1)
+        grey = TF.rgb_to_grayscale(x)
+        x = (grey + (x - grey) * uniform(*self.saturation).view(n, 1, 1, 1)).clamp(0, 1)  # adjust_saturation
+        return shift_hue(x, uniform(-self.hue, self.hue)).clamp(0, 1)
 
     def crop(self, images: torch.Tensor, lo_x: torch.Tensor, lo_y: torch.Tensor) -> torch.Tensor:
         """The crop box [lo, lo + sqrt(area)] (fractions of the side, per image) resized back to the
@@ -72,3 +71,26 @@ def normalize_pixels(images: torch.Tensor, transform: ImageTransform) -> torch.T
         std_t = torch.tensor(std, dtype=images.dtype)[None, :, None, None]
         parts.append((images - mean_t) / std_t)
     return torch.cat(parts, dim=1)
+
+
+def shift_hue(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 1], per-image hue shifts `delta` (fractions of the circle): RGB ->
+    HSV, h + delta mod 1, -> RGB; torchvision's adjust_hue, batched over different shifts."""
+    r, g, b = images.unbind(1)
+    maxc, minc = images.amax(1), images.amin(1)
+    chroma = maxc - minc
+    sat = chroma / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(chroma > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
+    hue = (hue + delta.view(-1, 1, 1)) % 1.0
+    sector = hue * 6.0
+    i = torch.floor(sector)
+    f = sector - i
+    i = i.long() % 6
+    p, q, t = maxc * (1 - sat), maxc * (1 - sat * f), maxc * (1 - sat * (1 - f))
+    v = maxc
+    table = torch.stack([torch.stack(c, 1) for c in
+                         ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])  # (6, N, 3, H, W)
+    return torch.gather(table, 0, i[None, :, None].expand(1, -1, 3, -1, -1))[0]
