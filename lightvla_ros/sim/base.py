@@ -60,6 +60,28 @@ class SimObservation:
     sim_time: float = 0.0             # seconds since reset (steps / control_freq)
 
 
+def privileged_state(obs: SimObservation, stamp_ns: int, episode: dict) -> dict:
+    """One step of the expert's input as plain JSON types: what the bridge publishes on /sim/privileged
+    and what an in-process expert episode (sim/episode.py) steps the same ExpertAgent with. The
+    images stay out (the expert does not look). episode: episode_id, suite, task_name, task_index,
+    init_state_index, goal_state (LIBERO's BDDL goal)."""
+    return {"stamp_ns": int(stamp_ns), **episode,
+            "eef_pos": obs.eef_pos.tolist(), "eef_quat": obs.eef_quat.tolist(), "proprio": obs.proprio.tolist(),
+            "joint_names": list(obs.joint_names), "joint_positions": obs.joint_positions.tolist(),
+            "sim_time": float(obs.sim_time),
+            "privileged": {k: np.asarray(v).tolist() for k, v in obs.privileged.items()}}
+
+
+def observation_from_state(d: dict) -> SimObservation:
+    """privileged_state's dict -> SimObservation without images (JSON keeps float64 exactly)."""
+    return SimObservation(
+        images={}, proprio=np.asarray(d["proprio"], dtype=np.float32),
+        eef_pos=np.asarray(d["eef_pos"], dtype=np.float64), eef_quat=np.asarray(d["eef_quat"], dtype=np.float64),
+        joint_names=list(d["joint_names"]), joint_positions=np.asarray(d["joint_positions"], dtype=np.float64),
+        privileged={k: np.asarray(v, dtype=np.float64) for k, v in d["privileged"].items()},
+        sim_time=float(d.get("sim_time", 0.0)))
+
+
 def check_action(action) -> np.ndarray:
     """(7,) finite float action or ValueError; values outside [-1, 1] are clipped by the controller."""
     try:
@@ -112,6 +134,13 @@ class SimEnv:
     def num_init_states(self) -> int:
         raise NotImplementedError
 
+    def valid_init_state(self, index: int) -> bool:
+        return 0 <= index < self.num_init_states
+
+    @property
+    def init_state_range(self) -> str:
+        return f"[0, {self.num_init_states})"
+
     @property
     def camera_names(self) -> list[str]:
         return list(CAMERA_NAMES) if self.config.use_cameras else []
@@ -141,9 +170,8 @@ class SimEnv:
     # ---- episode ----------------------------------------------------------------------------
     def reset(self, init_state_index: int = 0) -> SimObservation:
         self._check_open()
-        n = self.num_init_states
-        if not (isinstance(init_state_index, (int, np.integer)) and 0 <= init_state_index < n):
-            raise ValueError(f"init_state_index must be an int in [0, {n}), got {init_state_index!r}")
+        if not (isinstance(init_state_index, (int, np.integer)) and self.valid_init_state(int(init_state_index))):
+            raise ValueError(f"init_state_index must be an int in {self.init_state_range}, got {init_state_index!r}")
         self._reset_to(int(init_state_index))
         for robot in self._env.robots:
             # a soft reset keeps the gripper's integrated command (robosuite 1.4.0): clear it as a

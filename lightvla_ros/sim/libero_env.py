@@ -17,6 +17,9 @@ from lightvla_ros.sim.libero_setup import setup_libero
 LIBERO_SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 # LIBERO protocol step caps (OpenVLA-OFT run_libero_eval.py); libero_90 has no published cap
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
+# init-state indices from here on are generated placements (seeded by the index), e.g. training
+# demos apart from the benchmark's 50 fixed init states that evaluation uses
+GENERATED_INIT_STATES = 1000
 _MAX_RESET_TRIES = 100  # object placement can fail (RandomizationError); LIBERO itself retries forever
 
 
@@ -83,6 +86,13 @@ class LiberoEnv(SimEnv):
     def num_init_states(self) -> int:
         return len(self._init_states)
 
+    def valid_init_state(self, index: int) -> bool:
+        return 0 <= index < self.num_init_states or GENERATED_INIT_STATES <= index
+
+    @property
+    def init_state_range(self) -> str:
+        return f"[0, {self.num_init_states}) (the benchmark's) or >= {GENERATED_INIT_STATES} (generated)"
+
     @property
     def goal_state(self) -> list[list[str]]:
         """BDDL goal predicates, e.g. [["in", "alphabet_soup_1", "basket_1_contain_region"]]."""
@@ -91,6 +101,9 @@ class LiberoEnv(SimEnv):
     def _reset_to(self, init_state_index: int) -> None:
         from robosuite.utils.errors import RandomizationError
 
+        generated = init_state_index >= GENERATED_INIT_STATES
+        if generated:  # a new placement, drawn as LIBERO drew its init states: the BDDL regions'
+            np.random.seed(init_state_index)  # placement samplers use np.random
         for _ in range(_MAX_RESET_TRIES):
             try:
                 self._env.reset()
@@ -100,7 +113,8 @@ class LiberoEnv(SimEnv):
         else:
             raise RuntimeError(f"LIBERO reset failed {_MAX_RESET_TRIES} times (object placement)")
         env = self._env
-        env.sim.set_state_from_flattened(self._init_states[init_state_index])
+        if not generated:
+            env.sim.set_state_from_flattened(self._init_states[init_state_index])
         env.sim.forward()
         env._check_success()  # updates predicate caches, as LIBERO's set_init_state does
         env._post_process()
