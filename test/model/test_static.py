@@ -275,3 +275,19 @@ def test_graphed_equals_static_and_dynamic_on_cuda(tiny_checkpoint, images, prop
     vla.prune = False
     vla.predict_action(images, INSTRUCTIONS[0], proprio)
     assert vla.graphs.captured("llm") == len(report["llm_buckets"]) and vla.graphs.failure is None
+
+
+def test_replay_check():
+    """A capture counts only if its first replay equals the eager run it was captured after."""
+    from lightvla_ros.model.static import replay_matches
+
+    x = torch.tensor([0.5, -20.0, 3.0])
+    assert replay_matches(x, x.clone())
+    assert replay_matches(x + 0.01, x)  # within 1e-3 of the output's scale (20)
+    assert not replay_matches(x + 0.1, x)
+    assert not replay_matches(x[:2], x[:2].double())
+    nan = torch.tensor([float("nan"), 1.0])
+    assert replay_matches(nan, nan.clone())  # NaN where the eager run has NaN
+    assert not replay_matches(torch.tensor([0.0, 1.0]), nan)
+    mask = torch.tensor([True, False])
+    assert replay_matches(mask, mask.clone()) and not replay_matches(~mask, mask)
