@@ -85,12 +85,9 @@ def shift_hue(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     hue = torch.where(chroma > 0, (hue / 6.0) % 1.0, torch.zeros_like(hue))
     hue = (hue + delta.view(-1, 1, 1)) % 1.0
-    sector = hue * 6.0
-    i = torch.floor(sector)
-    f = sector - i
-    i = i.long() % 6
-    p, q, t = maxc * (1 - sat), maxc * (1 - sat * f), maxc * (1 - sat * (1 - f))
-    v = maxc
-    table = torch.stack([torch.stack(c, 1) for c in
-                         ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))])  # (6, N, 3, H, W)
-    return torch.gather(table, 0, i[None, :, None].expand(1, -1, 3, -1, -1))[0]
+    # HSV -> RGB without sector tables: channel = v - v s clamp(min(k, 4 - k), 0, 1),
+    # k = (m + 6 h) mod 6 with m = 5, 3, 1 for R, G, B
+    m = torch.tensor([5.0, 3.0, 1.0], dtype=images.dtype).view(1, 3, 1, 1)
+    k = (m + 6.0 * hue[:, None]) % 6.0
+    weight = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return maxc[:, None] * (1.0 - sat[:, None] * weight)

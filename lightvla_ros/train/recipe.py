@@ -116,6 +116,8 @@ def evaluate(recipe: dict, ckpt: Path, out: Path, log) -> dict:
     argv = ["--checkpoint", str(ckpt), "--suite", str(c["suite"]), "--tasks", str(c["tasks"]),
             "--init-states", ",".join(str(i) for i in _indices(e.get("init_states", "0-19"))),
             "--camera-size", str(c.get("camera_size", 128)), "--report", str(out / "eval.json"), "--quiet"]
+    if e.get("config"):  # the sim_bridge / lightvla_policy settings (e.g. the gripper convention)
+        argv += ["--config", str(e["config"])]
     if e.get("in_process", True):
         argv.append("--in-process")
     sim_eval_main(argv)
