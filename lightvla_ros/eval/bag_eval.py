@@ -211,7 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="extra parameter for the started policy node")
     ros.add_argument("--record-to", type=Path, help="also write what the node published to this bag")
     ros.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
-    ros.add_argument("--settle", type=float, default=3.0, help="s to wait for the last chunks after playback")
+    ros.add_argument("--settle", type=float, default=3.0,
+                     help="at most this many s to wait for the chunk of the last frame after playback")
     return ap
 
 

@@ -136,7 +136,10 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
                 if m.topic in cams:
                     sent[new] = (old, time.monotonic())
             pubs[m.topic].publish(msg)
-        probe.spin_until(lambda: False, args.settle)
+        # the node answers the last frame unless it was busy with an earlier one: wait for that chunk,
+        # at most --settle s
+        last = max(sent, default=None)
+        probe.spin_until(lambda: last is None or last in got, args.settle)
 
         frames = []
         for new, (chunk, t_recv) in sorted(got.items()):

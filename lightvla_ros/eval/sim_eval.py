@@ -61,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--report", default="out/sim_eval_report.json")
     ap.add_argument("--workers", type=int, default=1, help="parallel workers, each with its own ROS domain")
     ap.add_argument("--in-process", action="store_true",
-                    help="vla only: run the episodes in this process (lightvla_ros.sim.episode: the bridge's "
-                         "protocol and the node's observation assembly, no ROS, open loop)")
+                    help="run the episodes in this process (lightvla_ros.sim.episode: the bridge's protocol and "
+                         "the node's observation assembly or the expert node's agent, no ROS, lock-step)")
+    ap.add_argument("--record-actions", action="store_true",
+                    help="each episode record gets applied_actions: the action applied at every policy step "
+                         "(the same seeds give the same list over ROS and --in-process)")
     ap.add_argument("--mode", choices=("lock_step", "wall_clock"), default="lock_step")
     ap.add_argument("--action-input", choices=("step", "chunk"), default="step",
                     help="the bridge applies /lightvla/action (step) or executes /lightvla/action_chunk itself")
@@ -138,6 +141,8 @@ def _node_params(args) -> tuple[Path, dict, str, dict]:
         bridge["camera_size"] = int(args.camera_size)
     if args.render_quality:
         bridge["render_quality"] = args.render_quality
+    if args.record_actions:
+        bridge["record_actions"] = True
     if args.policy == "expert":
         bridge.update(publish_privileged=True, gripper_postprocess="none")
         policy = {"chunk_size": int(args.chunk_size), "use_sim_time": args.mode == "lock_step"}
@@ -234,8 +239,8 @@ class _EpisodeClient:
 
     def run(self, ep: dict) -> dict:
         rec = dict(ep)
-        self._reset_policy()
-        self.probe.spin_until(lambda: False, 0.2)  # let the reset and stale messages settle
+        self._reset_policy()   # answered after the reset: no chunk of the last episode is published after it
+        self.probe.drain()     # so the last episode's chunks DDS has delivered are handled here, not counted
         self.chunks.clear()
         seen_stats = len(self.stats)
         req = self.RunEpisode.Request(suite=self.args.suite, task=str(ep["task"]),
@@ -255,7 +260,10 @@ class _EpisodeClient:
             rec.update(success=False, error=f"bridge rejected the episode: {res.message}")
             return rec
         self.probe.spin_until(lambda: len(self.stats) > seen_stats, 10.0)
-        self.probe.spin_until(lambda: False, 0.1)
+        # every chunk was published before the bridge got the action it served, so before the episode
+        # ended: handle those DDS has delivered (lock-step: all of them; a chunk published after the
+        # last step of a wall-clock episode may be missed, as it was never applied)
+        self.probe.drain()
         r = res.result
         rec.update(task_name=r.task_name, success=bool(r.success), steps=int(r.steps),
                    duration=float(r.duration), message=r.message)
@@ -267,6 +275,8 @@ class _EpisodeClient:
                        late_actions=s["late_actions"], bad_actions=s["bad_actions"],
                        observations_published=s["observations_published"],
                        step_latencies=s.get("step_latency_raw", []))
+            if "applied_actions" in s:
+                rec["applied_actions"] = s["applied_actions"]
         else:
             rec["error"] = "no /sim/episode_stats for this episode"
         rec["chunks"] = len(self.chunks)
@@ -279,20 +289,24 @@ class _EpisodeClient:
 
 def run_in_process(args, episodes: list[dict], progress=None) -> list[dict]:
     """The episodes without ROS: same env settings (the config's sim_bridge section and the
-    overrides), same wait steps, max steps and observation; chunks executed open loop."""
+    overrides), same wait steps, max steps and observation; the VLA through the node's runner
+    (lock-step, as the node's config runs it) or the expert through the expert node's agent."""
     import yaml
 
-    from lightvla_ros.policy.vla_policy import VLAPolicy
     from lightvla_ros.sim import SimConfig, make_env
-    from lightvla_ros.sim.episode import run_policy_episode
+    from lightvla_ros.sim.episode import run_expert_policy_episode, run_policy_episode
 
     cfg_file, bridge_params, _, _ = _node_params(args)
     data = yaml.safe_load(Path(cfg_file).read_text()) or {}
     bridge = {**((data.get(BRIDGE_NAME) or {}).get("ros__parameters") or {}), **bridge_params}
     policy_cfg = (data.get(POLICY_NAME) or {}).get("ros__parameters") or {}
-    rows = requested_action_rows(args)
-    policy = VLAPolicy(args.checkpoint, device=args.device, dtype="float32" if args.device == "cpu" else "auto",
-                       **({} if rows == "auto" else {"action_rows": rows}))
+    policy = None
+    if args.policy == "vla":
+        from lightvla_ros.policy.vla_policy import VLAPolicy
+
+        rows = requested_action_rows(args)
+        policy = VLAPolicy(args.checkpoint, device=args.device, dtype="float32" if args.device == "cpu" else "auto",
+                           **({} if rows == "auto" else {"action_rows": rows}))
     records = []
     by_task: dict[str, list[dict]] = {}
     for ep in episodes:
@@ -301,12 +315,19 @@ def run_in_process(args, episodes: list[dict], progress=None) -> list[dict]:
         sim_cfg = SimConfig(suite=args.suite, task=int(task) if task.isdigit() else task,
                             camera_size=int(bridge.get("camera_size", 256)),
                             render_quality=str(bridge.get("render_quality", "fast")),
-                            image_convention=str(bridge.get("image_convention", "openvla")))
+                            image_convention=str(bridge.get("image_convention", "openvla")),
+                            use_cameras=policy is not None, seed=int(bridge.get("seed", 0)))
         with make_env(sim_cfg) as env:
-            for ep in eps:
-                out = run_policy_episode(env, policy, ep["init_state_index"], max_steps=args.max_steps,
-                                         execute=int(policy_cfg.get("open_loop_steps", 0) or 0),
-                                         gripper_postprocess=str(bridge.get("gripper_postprocess", "none")))
+            for n, ep in enumerate(eps, start=1):
+                if policy is None:
+                    out = run_expert_policy_episode(env, ep["init_state_index"], max_steps=args.max_steps,
+                                                    chunk_size=int(args.chunk_size), episode_id=n,
+                                                    record_actions=args.record_actions)
+                else:
+                    out = run_policy_episode(env, policy, ep["init_state_index"], max_steps=args.max_steps,
+                                             execute=int(policy_cfg.get("open_loop_steps", 0) or 0),
+                                             gripper_postprocess=str(bridge.get("gripper_postprocess", "none")),
+                                             record_actions=args.record_actions)
                 rec = {**ep, "task_name": out.task, "success": out.success, "steps": out.wait_steps + out.policy_steps,
                        "policy_steps": out.policy_steps, "wait_steps": out.wait_steps,
                        "actions_applied": out.policy_steps - out.dropped_steps, "dropped_steps": out.dropped_steps,
@@ -314,6 +335,8 @@ def run_in_process(args, episodes: list[dict], progress=None) -> list[dict]:
                        "chunks": out.chunks, "kept_tokens": out.kept_tokens,
                        "total_tokens": [out.total_tokens] * len(out.kept_tokens), "instruction": env.instruction,
                        "message": out.message, "in_process": True}
+                if args.record_actions:
+                    rec["applied_actions"] = out.actions
                 records.append(rec)
                 if progress:
                     progress(rec)
@@ -364,8 +387,8 @@ def run_eval(args) -> dict:
             bar.update(1)
 
     if args.in_process:
-        if args.policy != "vla" or args.record:
-            raise SystemExit("--in-process runs the VLA only, without --record")
+        if args.record:
+            raise SystemExit("--in-process runs without ROS: no --record")
         run_in_process(args, episodes, progress)
     elif workers == 1:
         run_worker(args, episodes, 0, progress)

@@ -1,9 +1,11 @@
 """lightvla-sim-eval --record DIR: one `lightvla-record` process per episode, a bag per episode.
 
 For each episode the worker starts `lightvla-record` in its ROS domain (a real process, like the
-bridge and the policy), waits until the recorder's subscriptions are in the graph, runs the
-episode, waits until the recorder has logged the EpisodeResult, and stops it with SIGINT so the
-bag is closed (footer, metadata.yaml). Bags go to DIR/<suite>_<task>_<init>[_<n>]/.
+bridge and the policy), waits until the recorder has matched every publisher of the recorded
+topics (its ~/status service against this process's view of the graph), runs the episode, waits
+until the recorder has logged the EpisodeResult and written the episode's chunks and actions, and
+stops it with SIGINT so the bag is closed (footer, metadata.yaml). Every wait is on a condition,
+bounded in time. Bags go to DIR/<suite>_<task>_<init>[_<n>]/.
 
 The bag's metadata (custom_data and /lightvla/episode_metadata) holds what `lightvla-bag-eval`
 needs to replay it as the node ran: suite, task, init state, checkpoint path and sha256, policy
@@ -23,14 +25,16 @@ from lightvla_ros.eval.bag_record import DEFAULT_TOPICS
 
 POLICY_KEYS = ("proprio_sources", "camera_topics", "pairing_tolerance", "max_observation_age",
                "proprio_sync_tolerance")
-SUBSCRIBE_TIMEOUT = 30.0     # s for the recorder's subscriptions to show up in the graph
+SUBSCRIBE_TIMEOUT = 30.0     # s for the recorder to start and offer ~/status
 # The graph shows the recorder's subscriptions before every publisher has matched them: a policy
 # node busy on a loaded CPU was seen to miss the new participant's first announcements and match
 # only at the next periodic one (Fast DDS: every 3 s), losing the episode's first chunk. So the
-# episode starts no earlier than this long after the recorder started (and SETTLE after the graph).
-MATCH_TIME = 3.5             # s from the recorder's start
-SETTLE = 0.5                 # s at least after its subscriptions are in the graph
-RESULT_TIMEOUT = 15.0        # s for the recorder to log the EpisodeResult after the service answered
+# episode starts once the recorder's subscriptions have matched every publisher this process sees
+# on the recorded topics (a publisher's participant sends its endpoints only to participants it
+# has discovered), at most this long after the recorder came up.
+MATCH_TIMEOUT = 30.0
+RESULT_TIMEOUT = 15.0        # s for the recorder to log the EpisodeResult and write the last chunks
+POLL = 0.05                  # s between two ~/status questions
 
 
 def check_record_dir(path: str | Path) -> Path:
@@ -112,39 +116,70 @@ class EpisodeRecorder:
                              checkpoint_weights_fingerprint=fp.get("weights_fingerprint"))
         self._count = 0
 
-    def _subscribed(self, node_name: str) -> list[str]:
-        """Recorded topics on which `node_name` has no subscription in the graph yet."""
-        missing = []
+    def _status(self, client) -> dict:
+        """The recorder's ~/status: {"messages": {topic: n}, "matched": {topic: publishers}} ({} if no answer)."""
+        fut = client.call_async(self._trigger.Request())
+        if not self.probe.spin_until(fut.done, 5.0) or fut.result() is None:
+            return {}
+        return json.loads(fut.result().message)
+
+    def _unmatched(self, status: dict) -> dict[str, str]:
+        """Recorded topics with a publisher (in this process's graph) the recorder has not matched yet."""
+        matched = status.get("matched")
+        if matched is None:
+            return {"~/status": "no answer"}
+        out = {}
         for entry in self.topics:
             topic = entry.split(":")[0]
-            infos = self.probe.node.get_subscriptions_info_by_topic(topic)
-            if not any(i.node_name == node_name for i in infos):
-                missing.append(topic)
-        return missing
+            n = self.probe.node.count_publishers(topic)
+            if matched.get(topic, 0) < n:
+                out[topic] = f"matched {matched.get(topic, 0)} of {n} publishers"
+        return out
+
+    def _wait(self, client, done, timeout: float) -> tuple[bool, dict]:
+        """Ask ~/status every POLL s until done(status) or `timeout` s; (done, last status)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self._status(client)
+            if done(status):
+                return True, status
+            if time.monotonic() >= deadline:
+                return False, status
+            self.probe.spin_until(lambda: time.monotonic() >= deadline, POLL)
 
     def start(self, ep: dict) -> tuple[Any, Path]:
-        """Start the recorder for `ep` and wait until it is subscribed. Raises RuntimeError/TimeoutError."""
+        """Start the recorder for `ep` and wait until it has matched every publisher of the recorded
+        topics. Raises RuntimeError/TimeoutError (the recorder is stopped then)."""
+        from std_srvs.srv import Trigger
+
+        self._trigger = Trigger
         self._count += 1
         path = bag_dir(self.root, self.args.suite, str(ep["task"]), int(ep["init_state_index"]))
         name = f"lightvla_recorder_{self._count}"
         meta = {**self.base, "task": str(ep["task"]), "init_state_index": int(ep["init_state_index"])}
-        t_start = time.monotonic()
         proc = self.dom.start_node("lightvla-record", name=name, params={"use_sim_time": self.lock_step}, args=[
             "-o", str(path), "--storage", self.storage, "--no-latched-history",
             "--metadata-json", json.dumps(meta), "--topics", *self.topics])
+        client = self.probe.node.create_client(Trigger, f"/{name}/status")
         try:
             proc.wait_for_log_line(r"recording \[", timeout=SUBSCRIBE_TIMEOUT)
-            if not self.probe.spin_until(lambda: not self._subscribed(name), SUBSCRIBE_TIMEOUT):
-                raise TimeoutError(f"recorder {name} not subscribed to {self._subscribed(name)} "
-                                   f"after {SUBSCRIBE_TIMEOUT:g} s; log {proc.log_path}")
-            self.probe.spin_until(lambda: False, max(SETTLE, t_start + MATCH_TIME - time.monotonic()))
+            if not self.probe.spin_until(client.service_is_ready, SUBSCRIBE_TIMEOUT):
+                raise TimeoutError(f"recorder {name}: no ~/status service after {SUBSCRIBE_TIMEOUT:g} s; "
+                                   f"log {proc.log_path}")
+            ok, status = self._wait(client, lambda st: not self._unmatched(st), MATCH_TIMEOUT)
+            if not ok:
+                raise TimeoutError(f"recorder {name} has not matched the publishers of {self._unmatched(status)} "
+                                   f"after {MATCH_TIMEOUT:g} s (DDS discovery); log {proc.log_path}")
         except (TimeoutError, RuntimeError):
             proc.stop()
+            self.probe.node.destroy_client(client)
             raise
+        self._client = client
         return proc, path
 
     def finish(self, proc, path: Path, rec: dict) -> None:
-        """Wait for the EpisodeResult in the recorder, SIGINT it, check the bag; fill rec['bag'...]."""
+        """Wait for the EpisodeResult and the episode's chunks and actions in the recorder, SIGINT it,
+        check the bag; fill rec['bag'...]."""
         rec["bag"] = str(path)
         rec["bag_storage"] = self.storage
         if rec.get("steps") is not None:   # the bridge published a result: let the recorder write it
@@ -152,7 +187,13 @@ class EpisodeRecorder:
                 proc.wait_for_log_line(r"episode result:", timeout=RESULT_TIMEOUT)
             except (TimeoutError, RuntimeError) as e:
                 rec["bag_error"] = f"the recorder did not get the EpisodeResult: {str(e).splitlines()[0]}"
-            self.probe.spin_until(lambda: False, 0.2)   # the last chunks on their own readers
+            # the last chunks and actions travel on their own writers: wait until the bag has what this
+            # process saw (a shortfall is reported below as bag_error)
+            want = {t: n for t, n in (("/lightvla/action_chunk", rec.get("chunks")),
+                                      ("/lightvla/action", rec.get("actions_applied"))) if n}
+            self._wait(self._client, lambda st: all(st.get("messages", {}).get(t, 0) >= n for t, n in want.items()),
+                       RESULT_TIMEOUT)
+        self.probe.node.destroy_client(self._client)
         code = proc.stop()
         if code != 0 or "closed" not in proc.log_text():
             rec["bag_error"] = f"recorder exited with {code}; log {proc.log_path}:\n{proc.log_tail(10)}"

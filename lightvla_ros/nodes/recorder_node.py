@@ -9,6 +9,11 @@ instruction, checkpoint, success, ...) goes into the bag twice: as JSON on
 /lightvla/episode_metadata (std_msgs/String, rewritten on every change) and as metadata.yaml
 custom_data at close. The bag is flushed every `flush_period` s, so a kill -9 loses at most that;
 Ctrl-C / SIGTERM close it cleanly. `BagRecorder` (eval/bag_record.py) is the same writer without ROS.
+
+~/status (std_srvs/Trigger) answers JSON: {"messages": written per topic, "matched": publishers
+matched per subscribed topic}. lightvla-sim-eval --record waits on it instead of fixed delays: for
+the episode to start until every publisher it sees on a recorded topic is matched here, and to stop
+the recorder until the episode's chunks and actions are written.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.serialization import deserialize_message
 from rclpy.utilities import remove_ros_args
+from std_srvs.srv import Trigger
 
 from lightvla_ros.eval.bag_io import METADATA_TOPIC, normalise_type
 from lightvla_ros.eval.bag_record import (DEFAULT_TOPICS, LATCHED, SENSOR, BagRecorder, default_output, msg_class,
@@ -71,11 +77,20 @@ class RecorderNode(Node):
         self.started = time.monotonic()
         self._subscribe_known()
         self.create_timer(0.5, self._tick)
+        self.create_service(Trigger, "~/status", self._on_status)
         self.get_logger().info(f"recording {sorted(self.subs)} to {self.recorder.path} "
                                f"({p('storage')}); waiting for {sorted(self.pending) or 'nothing'}")
 
     def _now_ns(self) -> int:
         return self.get_clock().now().nanoseconds
+
+    def _on_status(self, request, response):
+        """Messages written per topic, and publishers matched per subscription (a publisher the DDS
+        discovery has matched: its participant knows this one, so it sends us its messages)."""
+        matched = {topic: sub.get_publisher_count() for topic, sub in self.subs.items()}
+        response.success = True
+        response.message = json.dumps({"messages": self.recorder.counts, "matched": matched})
+        return response
 
     def _qos(self, topic: str) -> QoSProfile:
         """Match the publishers (as rosbag2 does); fall back to the contract's QoS per topic."""

@@ -48,6 +48,7 @@ from lightvla_interfaces.srv import RunEpisode
 # EGL context segfaults the next render (measured), and the bridge has no use for it.
 from lightvla_ros.policy.chunking import make_scheduler
 from lightvla_ros.policy.clock import to_ns
+from lightvla_ros.sim.base import privileged_state
 from lightvla_ros.sim.episode import SimClock, run_episode
 from lightvla_ros.ros.conversions import action_chunk_actions, ns_to_time, rgb_to_image, time_to_ns
 from lightvla_ros.ros.qos import LATCHED, RELIABLE, SENSOR
@@ -86,13 +87,14 @@ class EpisodeStats:
     bad_actions: int = 0              # NaN / wrong length, ignored
     observations_published: int = 0
     step_latency: list[float] = field(default_factory=list)  # s: observation out -> its action in
+    applied_actions: list[list[float]] | None = None  # every policy step's applied action (record_actions)
     success: bool = False
     message: str = ""
     duration: float = 0.0
 
     def to_json(self) -> str:
         lat = np.array(self.step_latency) if self.step_latency else np.zeros(1)
-        d = {k: v for k, v in self.__dict__.items() if k != "step_latency"}
+        d = {k: v for k, v in self.__dict__.items() if k != "step_latency" and v is not None}
         d["step_latency_s"] = {"mean": float(lat.mean()), "p50": float(np.median(lat)),
                                "p95": float(np.percentile(lat, 95)), "max": float(lat.max()),
                                "count": len(self.step_latency)}
@@ -129,6 +131,7 @@ class SimBridgeNode(Node):
         self.world_frame = p("world_frame", "world").value  # the frame /eef_pose values are in
         self.autostart = bool(p("autostart", False).value)
         self.max_steps_param = int(p("max_steps", 0).value)
+        self.record_actions = bool(p("record_actions", False).value)  # applied actions in /sim/episode_stats
         action_topic = p("action_topic", "/lightvla/action").value
         chunk_topic = p("chunk_topic", "/lightvla/action_chunk").value
         self._check_params()
@@ -319,8 +322,11 @@ class SimBridgeNode(Node):
 
         # the protocol (wait steps, max steps, gripper post-processing, hold, success) is the core's
         out = run_episode(env, act, init_state_index, max_steps, self.gripper_postprocess, clock=self._sim_clock,
-                          obs=obs, timeout=self.episode_timeout, stop=lambda: self._stopping)
+                          obs=obs, timeout=self.episode_timeout, stop=lambda: self._stopping,
+                          record_actions=self.record_actions)
         s.wait_steps, s.policy_steps, s.dropped_steps = out.wait_steps, out.policy_steps, out.dropped_steps
+        if self.record_actions:
+            s.applied_actions = out.actions
         s.actions_applied = out.policy_steps - out.dropped_steps
         success, message = out.success, out.message
         self._running = False
@@ -433,17 +439,12 @@ class SimBridgeNode(Node):
         pose.pose.orientation.x, pose.pose.orientation.y = float(q[0]), float(q[1])
         pose.pose.orientation.z, pose.pose.orientation.w = float(q[2]), float(q[3])
         self.eef_pub.publish(pose)
-        if self.privileged_pub is not None:
+        if self.privileged_pub is not None:   # the expert's input (sim/base.py: privileged_state)
             s = self._stats
-            self.privileged_pub.publish(String(data=json.dumps({
-                "stamp_ns": t_ns, "episode_id": s.episode_id, "suite": s.suite, "task_name": s.task_name,
-                "task_index": s.task_index, "init_state_index": s.init_state_index,
-                "eef_pos": obs.eef_pos.tolist(), "eef_quat": obs.eef_quat.tolist(),
-                "proprio": obs.proprio.tolist(), "joint_names": list(obs.joint_names),
-                "joint_positions": obs.joint_positions.tolist(), "sim_time": obs.sim_time,
-                "privileged": {k: np.asarray(v).tolist() for k, v in obs.privileged.items()},
-                "goal_state": self._goal_state,
-            })))
+            episode = {"episode_id": s.episode_id, "suite": s.suite, "task_name": s.task_name,
+                       "task_index": s.task_index, "init_state_index": s.init_state_index,
+                       "goal_state": self._goal_state}
+            self.privileged_pub.publish(String(data=json.dumps(privileged_state(obs, t_ns, episode))))
         self._stats.observations_published += 1
 
     def _publish_diagnostics(self) -> None:

@@ -5,8 +5,10 @@ holds the node's interpreter lock and the step timer keeps its period while the 
     out = policy.infer(obs)                          # one request at a time (the inference worker)
     policy.close()
 
-The child loads VLAPolicy and answers requests over a pipe (observations and outputs are pickled:
-two 256 px images are ~0.4 MB, well under a millisecond). It ignores SIGINT (Ctrl-C in a terminal
+The child loads VLAPolicy and answers requests over a pipe. The camera images go through memory
+both processes map (a memfd): two memcpys instead of 0.3 MB through the socket, which cost the node
+~1 ms per request on a busy 2-core machine (docs/benchmarks.md); the rest of the observation and
+the output are pickled (a few hundred bytes). It ignores SIGINT (Ctrl-C in a terminal
 reaches the whole process group; the parent decides when to stop), exits when the parent closes
 the pipe or dies. On CPU it uses all cores but one for torch, so the node's executor (the step
 timer, the sensor callbacks) always has a core. The parent never imports torch: it loads only the tokenizer, to answer
@@ -14,7 +16,10 @@ timer, the sensor callbacks) always has a core. The parent never imports torch: 
 """
 from __future__ import annotations
 
+import dataclasses
+import gc
 import json
+import mmap
 import os
 import signal
 import socket
@@ -23,6 +28,8 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+import numpy as np
 
 from .types import Observation, PolicyOutput
 
@@ -45,9 +52,10 @@ class ProcessPolicy:
         # multiprocessing helper processes) talking pickles over a socket pair
         parent, child = socket.socketpair()
         self._lock = threading.Lock()   # one request on the pipe at a time
+        self._images = ImageBuffer()
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, str(child.fileno()), str(checkpoint), json.dumps(vla_kwargs)],
-            pass_fds=[child.fileno()], stdin=subprocess.DEVNULL)
+            [sys.executable, "-m", __name__, str(child.fileno()), str(checkpoint), json.dumps(vla_kwargs),
+             str(self._images.fd)], pass_fds=[child.fileno(), self._images.fd], stdin=subprocess.DEVNULL)
         child.close()
         self._conn = Connection(parent.detach())
         if not self._conn.poll(START_TIMEOUT_S):
@@ -86,7 +94,7 @@ class ProcessPolicy:
         return self._call("warmup", iterations)
 
     def infer(self, obs: Observation) -> PolicyOutput:
-        out = self._call("infer", obs)
+        out = self._call("infer", obs)   # the images are written to the shared buffer under the pipe's lock
         self.num_inferences += 1
         return out
 
@@ -106,9 +114,12 @@ class ProcessPolicy:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        self._images.close()
 
     def _call(self, kind: str, payload):
         with self._lock:
+            if kind == "infer":
+                payload = self._images.pack(payload)
             try:
                 self._conn.send((kind, payload))
                 status, value = self._conn.recv()
@@ -120,12 +131,68 @@ class ProcessPolicy:
         return value
 
 
+class ImageBuffer:
+    """The observation's images in memory both processes map: an anonymous memfd (nothing to clean
+    up after a crash), grown by the parent as needed; the mapping's size travels with each request.
+    One request at a time (ProcessPolicy's lock), so the parent never writes while the child reads."""
+
+    def __init__(self, fd: int | None = None):
+        self.fd = os.memfd_create("lightvla_images") if fd is None else fd
+        self._map: mmap.mmap | None = None
+        self.size = 0
+
+    def _map_size(self, size: int) -> None:
+        if size != self.size:
+            self._map = mmap.mmap(self.fd, size) if size else None   # the old map closes when unreferenced
+            self.size = size
+
+    def pack(self, obs: Observation):
+        """Parent: copy the images into the buffer -> (observation without images, layout, size).
+        Anything but a list of uint8 arrays goes pickled as it is (the child's check names the problem)."""
+        images = obs.images
+        if not (isinstance(images, (list, tuple)) and images
+                and all(isinstance(a, np.ndarray) and a.dtype == np.uint8 for a in images)):
+            return obs
+        need = sum(a.nbytes for a in images)
+        if need > self.size:
+            size = -(-max(need, 2 * self.size) // mmap.PAGESIZE) * mmap.PAGESIZE
+            os.ftruncate(self.fd, size)
+            self._map_size(size)
+        layout, offset = [], 0
+        for a in images:
+            np.frombuffer(self._map, np.uint8, a.nbytes, offset).reshape(a.shape)[...] = a
+            layout.append((offset, a.shape))
+            offset += a.nbytes
+        return dataclasses.replace(obs, images=[]), layout, self.size
+
+    def unpack(self, payload) -> Observation:
+        """Child: the observation with read-only views of its images in the buffer, valid until the
+        reply is sent (the parent writes the next request only after it has the reply)."""
+        if isinstance(payload, Observation):
+            return payload
+        obs, layout, size = payload
+        self._map_size(size)
+        images = []
+        for offset, shape in layout:
+            view = np.frombuffer(self._map, np.uint8, int(np.prod(shape)), offset).reshape(shape)
+            view.flags.writeable = False
+            images.append(view)
+        return dataclasses.replace(obs, images=images)
+
+    def close(self) -> None:
+        self._map = None
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
 def _cuda_available() -> bool:
     import torch
     return torch.cuda.is_available()
 
 
-def _serve(conn, checkpoint: str, vla_kwargs: dict) -> None:
+def _serve(conn, checkpoint: str, vla_kwargs: dict, images: ImageBuffer) -> None:
     """The child: load the model, then answer (kind, payload) requests until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -135,6 +202,8 @@ def _serve(conn, checkpoint: str, vla_kwargs: dict) -> None:
         from lightvla_ros.policy.vla_policy import VLAPolicy
 
         policy = VLAPolicy(checkpoint, **vla_kwargs)
+        gc.collect()
+        gc.freeze()   # the model's objects live as long as the process: no collection scans them again
         m = policy.model
         fixed = policy.sequence_length("x") - len(m.tokenizer.prompt_ids("x"))  # all but the prompt
         conn.send(("ready", {"chunk_size": policy.chunk_size, "action_dim": policy.action_dim,
@@ -150,7 +219,7 @@ def _serve(conn, checkpoint: str, vla_kwargs: dict) -> None:
         except (EOFError, OSError):
             return
         try:
-            value = policy.warmup(payload) if kind == "warmup" else policy.infer(payload)
+            value = policy.warmup(payload) if kind == "warmup" else policy.infer(images.unpack(payload))
             reply = ("ok", value)
         except Exception as e:  # noqa: BLE001  (the node counts it; the child keeps serving)
             reply = ("error", f"{type(e).__name__}: {str(e)[:300]}")
@@ -160,5 +229,5 @@ def _serve(conn, checkpoint: str, vla_kwargs: dict) -> None:
             return
 
 
-if __name__ == "__main__":   # the child: python -m lightvla_ros.policy.process_policy FD CHECKPOINT KWARGS_JSON
-    _serve(Connection(int(sys.argv[1])), sys.argv[2], json.loads(sys.argv[3]))
+if __name__ == "__main__":   # the child: python -m lightvla_ros.policy.process_policy FD CHECKPOINT KWARGS IMAGES_FD
+    _serve(Connection(int(sys.argv[1])), sys.argv[2], json.loads(sys.argv[3]), ImageBuffer(int(sys.argv[4])))

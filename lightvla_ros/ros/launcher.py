@@ -388,6 +388,20 @@ class Probe:
                 return False
             self.executor.spin_once(timeout_sec=min(step, left))
 
+    def drain(self, timeout: float = 1.0) -> bool:
+        """Run every callback that is ready now (messages DDS has already delivered), for at most
+        `timeout` s; True once nothing is left ready."""
+        from rclpy.executors import TimeoutException
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                handler, _, _ = self.executor.wait_for_ready_callbacks(0.0)
+            except TimeoutException:
+                return True
+            handler()
+        return False
+
     def wait_for_topic(self, topic: str, timeout: float = 20.0, publishers: int = 1) -> None:
         """Wait until `topic` has at least `publishers` publishers in the graph."""
         if not self.spin_until(lambda: self.node.count_publishers(topic) >= publishers, timeout):

@@ -159,6 +159,34 @@ class RunnerAgent:
         return None if step is None else step.action
 
 
+def run_expert_policy_episode(env, init_state: int = 0, max_steps: int = 0, chunk_size: int = 8,
+                              execution_mode: str = "open_loop", clock: SimClock | None = None,
+                              record_actions: bool = False, episode_id: int = 1) -> EpisodeOutcome:
+    """The scripted expert in-process, stepped as the expert node steps it over ROS: the same
+    ExpertAgent on the same privileged state (base.privileged_state, what the bridge publishes), the
+    same episode protocol (no gripper post-processing, as lightvla-sim-eval --policy expert runs it)."""
+    from .base import privileged_state
+    from .experts import ExpertAgent
+
+    clock = clock or SimClock(to_ns(env.control_period))
+    agent = ExpertAgent(chunk_size, execution_mode, clock.period_ns)
+    obs = env.reset(init_state)
+    episode = {"episode_id": episode_id, "suite": env.suite, "task_name": env.task_name,
+               "task_index": getattr(env, "task_index", -1), "init_state_index": int(init_state),
+               "goal_state": getattr(env, "goal_state", None)}
+    chunks = 0
+
+    def act(obs, now: int) -> np.ndarray | None:
+        nonlocal chunks
+        action, chunk = agent.step(privileged_state(obs, now, episode))
+        chunks += chunk is not None
+        return action
+
+    out = run_episode(env, act, init_state, max_steps, "none", clock=clock, obs=obs, record_actions=record_actions)
+    out.chunks = chunks
+    return out
+
+
 def run_policy_episode(env, policy, init_state: int = 0, max_steps: int = 0, execute: int = 0,
                        gripper_postprocess: str = "none", proprio_sources=PROPRIO_SOURCES,
                        clock: SimClock | None = None, record_actions: bool = False,

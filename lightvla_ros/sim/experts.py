@@ -10,6 +10,10 @@ Each expert follows eef waypoints built from object poses (`SimObservation.privi
 above the object, descend, close, lift, (carry over the target, lower, release, retreat).
 `act_chunk` commits the phase machine as if the whole chunk runs open loop, so it can be driven
 through the same chunk execution as the VLA; the next call re-plans from the real state.
+
+ExpertAgent is the expert as a policy, one control step at a time: the expert node steps it with
+the bridge's /sim/privileged messages, an in-process episode (sim/episode.py) with the same
+state built from the env, so both apply the same actions (test/eval/test_sim_eval.py).
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from robosuite.utils import transform_utils as T
 
-from lightvla_ros.sim.base import SimEnv, SimObservation
+from lightvla_ros.policy.chunking import make_scheduler
+from lightvla_ros.sim.base import ACTION_DIM, SimEnv, SimObservation, observation_from_state
 
 POS_SCALE = 0.05      # m per action unit (OSC_POSE output_max)
 ROT_SCALE = 0.5       # rad per action unit
@@ -194,3 +199,48 @@ def make_expert(env: SimEnv) -> WaypointExpert:
                                min_grasp_z=0.012)
     raise ValueError(f"no scripted expert for {env.suite}/{env.task_name}; experts exist for "
                      "robosuite Lift, Stack, PickPlaceCan and every libero_object task")
+
+
+class TaskView:
+    """What make_expert reads of an env (suite, task, BDDL goal, first observation), from a privileged state."""
+
+    def __init__(self, state: dict, obs: SimObservation):
+        self.suite, self.task_name = state["suite"], state["task_name"]
+        self.goal_state = state.get("goal_state")
+        self._obs = obs
+
+    def observe(self) -> SimObservation:
+        return self._obs
+
+
+class ExpertAgent:
+    """The scripted expert as a policy: a privileged state (base.privileged_state) per control step in,
+    the action for that step out. It plans a chunk whenever the chunk scheduler (policy/chunking, the
+    VLA node's) asks for one; a new episode_id starts a fresh expert."""
+
+    def __init__(self, chunk_size: int = 8, execution_mode: str = "open_loop", period_ns: int = 50_000_000):
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.chunk_size = int(chunk_size)
+        self.sched = make_scheduler(execution_mode, self.chunk_size, ACTION_DIM, int(period_ns))
+        self.expert: WaypointExpert | None = None
+        self.episode_id = None
+
+    def reset(self) -> None:
+        self.sched.reset()
+        self.expert, self.episode_id = None, None
+
+    def step(self, state: dict) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(the action for the step at state['stamp_ns'] or None, the chunk planned at this step or None)."""
+        now = int(state["stamp_ns"])
+        obs = observation_from_state(state)
+        if state["episode_id"] != self.episode_id:   # a new episode: a fresh plan
+            self.expert = make_expert(TaskView(state, obs))
+            self.sched.reset()
+            self.episode_id = state["episode_id"]
+        chunk = None
+        if self.sched.wants_inference(now):
+            self.sched.inference_started(now)
+            chunk = np.asarray(self.expert.act_chunk(obs, self.chunk_size), dtype=np.float32)  # (T, 7)
+            self.sched.add_chunk(chunk, now, now)
+        return self.sched.next_action(now), chunk

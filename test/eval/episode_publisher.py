@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import rclpy
 from geometry_msgs.msg import PoseStamped
+from rclpy.duration import Duration
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -59,8 +60,12 @@ def main() -> int:
     if not ok:
         print("subscribers did not appear", flush=True)
         return 1
+    # the latched instruction reaches every subscriber before the first observation: matched, then acked
+    ok = spin_until(lambda: pub_instr.get_subscription_count() >= args.subscribers, 30.0)
     pub_instr.publish(String(data=args.instruction))
-    spin_until(lambda: False, 1.0)           # let the latched instruction arrive everywhere
+    if not ok or not pub_instr.wait_for_all_acked(Duration(seconds=30)):
+        print("the instruction did not reach its subscribers", flush=True)
+        return 1
     sent: dict[int, int] = {}                  # stamp ns -> step
     for k in range(args.steps):
         imgs, joints, pos, quat = step_data(k)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "checkpoints" / "lightvla-lift"
@@ -55,7 +57,7 @@ def test_shipped_checkpoint_succeeds_over_ros(tmp_path):
     report = tmp_path / "report.json"
     cmd = [str(BIN / "lightvla-sim-eval"), "--checkpoint", str(SHIPPED), "--suite", "robosuite", "--tasks", "Lift",
            "--init-states", "1,2", "--camera-size", "128", "--report", str(report), "--quiet",
-           "--log-dir", str(tmp_path / "logs")]
+           "--log-dir", str(tmp_path / "logs"), "--record-actions"]
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert report.is_file(), f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -65,7 +67,10 @@ def test_shipped_checkpoint_succeeds_over_ros(tmp_path):
         assert ep["kept_tokens"] and max(ep["kept_tokens"]) < max(ep["total_tokens"])
 
     # the in-process path (same ChunkedPolicyRunner and episode protocol, no DDS) takes the same steps
-    # and sees the same observations: the same number of policy steps and the same kept tokens per chunk
+    # and sees the same observations: the same number of policy steps, the same kept tokens per chunk
+    # and the same applied actions (to float tolerance: the node's model runs in a child process with
+    # one torch thread, this one with torch's default; the scripted expert's are equal bit for bit,
+    # test_sim_eval.py)
     from lightvla_ros.policy.vla_policy import VLAPolicy
     from lightvla_ros.sim import SimConfig, make_env
     from lightvla_ros.sim.episode import run_policy_episode
@@ -73,6 +78,9 @@ def test_shipped_checkpoint_succeeds_over_ros(tmp_path):
     policy = VLAPolicy(SHIPPED, device="cpu", dtype="float32")
     with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=128)) as sim:
         for ep in episodes:
-            out = run_policy_episode(sim, policy, ep["init_state_index"])
+            out = run_policy_episode(sim, policy, ep["init_state_index"], record_actions=True)
             assert (out.success, out.policy_steps) == (ep["success"], ep["policy_steps"]), (out.to_dict(), ep)
             assert out.kept_tokens == ep["kept_tokens"]
+            diff = np.abs(np.asarray(out.actions) - np.asarray(ep["applied_actions"]))
+            print(f"seed {ep['init_state_index']}: applied actions, max |in-process - ROS| {diff.max():.2e}")
+            assert diff.max() < 1e-4, np.unravel_index(diff.argmax(), diff.shape)

@@ -37,8 +37,25 @@ def _no_errors(report: dict) -> None:
     assert not errors, errors
 
 
+def _same_as_in_process(tmp_path: Path, ros: dict, *args: str) -> None:
+    """Issue 11, item 4: the scripted expert in-process (run_episode stepping the expert node's
+    ExpertAgent on the state the bridge would publish) applies, step for step, exactly the actions the
+    bridge applied over ROS: same success, same steps, the same float64 values."""
+    (tmp_path / "in_process").mkdir()
+    local = run_eval(tmp_path / "in_process", "--policy", "expert", "--in-process", "--record-actions", *args)
+    _no_errors(local)
+    for over_ros, here in zip(ros["episodes"], local["episodes"], strict=True):
+        assert here["in_process"] and len(over_ros["applied_actions"]) == over_ros["policy_steps"] > 10
+        for key in ("success", "policy_steps", "wait_steps", "dropped_steps", "chunks"):
+            assert here[key] == over_ros[key], (key, here[key], over_ros[key])
+        first = next((i for i, (a, b) in enumerate(zip(here["applied_actions"], over_ros["applied_actions"]))
+                      if a != b), None)
+        assert first is None, (first, here["applied_actions"][first], over_ros["applied_actions"][first])
+
+
 def test_expert_lift_over_ros(tmp_path):
-    r = run_eval(tmp_path, "--policy", "expert", "--suite", "robosuite", "--tasks", "Lift", "--init-states", "0")
+    args = ("--suite", "robosuite", "--tasks", "Lift", "--init-states", "0")
+    r = run_eval(tmp_path, "--policy", "expert", "--record-actions", *args)
     _no_errors(r)
     ep = r["episodes"][0]
     assert ep["success"], ep
@@ -47,6 +64,7 @@ def test_expert_lift_over_ros(tmp_path):
     assert ep["chunks"] >= ep["policy_steps"] / 8  # the expert's chunks went through the same scheduler
     assert r["overall"]["success_rate"] == 1.0
     assert "overall: 1/1" in r["_stdout"]
+    _same_as_in_process(tmp_path, r, *args)
 
 
 def test_expert_lift_bridge_executes_chunks(tmp_path):
@@ -71,12 +89,14 @@ def test_expert_lift_wall_clock(tmp_path):
 
 
 def test_expert_libero_object_over_ros(tmp_path):
-    r = run_eval(tmp_path, "--policy", "expert", "--suite", "libero_object", "--tasks", "0", "--init-states", "0")
+    args = ("--suite", "libero_object", "--tasks", "0", "--init-states", "0")
+    r = run_eval(tmp_path, "--policy", "expert", "--record-actions", *args)
     _no_errors(r)
     ep = r["episodes"][0]
     assert ep["success"], ep
     assert ep["dropped_steps"] == 0 and ep["wait_steps"] == 10
     assert ep["policy_steps"] < 280
+    _same_as_in_process(tmp_path, r, *args)
 
 
 def test_tiny_checkpoint_lock_step_loop(tmp_path, tiny_checkpoint):

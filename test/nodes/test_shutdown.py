@@ -13,9 +13,13 @@ import pytest
 
 pytest.importorskip("rclpy")
 
+from rosgraph_msgs.msg import Clock  # noqa: E402
+
 from lightvla_ros.ros.launcher import ros_domain  # noqa: E402
+from lightvla_ros.ros.qos import RELIABLE  # noqa: E402
 
 LIMIT_S = 2.0
+STEPS_IN = 20   # lock-step /clock messages (one per policy step) before the SIGINTs
 
 
 def _stop_timed(proc) -> tuple[float, int | None]:
@@ -37,7 +41,8 @@ def test_ctrl_c_mid_libero_episode_stops_every_node_within_2_s(tmp_path, tiny_ch
             "instruction": "pick it up"})
         policy.wait_for_log_line("policy ready", timeout=120)
         bridge.wait_for_log_line(r"episode 1: libero_object", timeout=240)
-        time.sleep(3.0)                                          # well inside the episode
+        with dom.rclpy_node("shutdown_probe") as probe:          # well inside the episode: 20 policy steps
+            probe.collect("/clock", Clock, count=STEPS_IN, timeout=120, qos=RELIABLE)
         assert "done:" not in bridge.log_text()
         results = {name: _stop_timed(p) for name, p in (("sim_bridge", bridge), ("expert", expert),
                                                           ("policy", policy))}

@@ -140,6 +140,14 @@ def test_stubborn_process_group_is_killed(ros_dom, helper_node):
     assert not _pid_alive(child) and not _pid_alive(parent)
 
 
+def _maps_fastdds_segment(pid: int) -> bool:
+    try:
+        maps = open(f"/proc/{pid}/maps", "rb").read()
+    except OSError:
+        return False
+    return b"/dev/shm/fastdds_" in maps or b"/dev/shm/fastrtps_" in maps
+
+
 def test_domain_close_stops_everything_and_cleans_shm(tmp_path):
     import pathlib
     helper = pathlib.Path(__file__).with_name("helper_nodes.py")
@@ -149,7 +157,10 @@ def test_domain_close_stops_everything_and_cleans_shm(tmp_path):
         victim = dom.start_process([sys.executable, str(helper), "talker"], name="victim")
         talker.wait_for_log_line("ready", timeout=30)
         victim.wait_for_log_line("ready", timeout=30)
-        time.sleep(0.5)  # let the participants discover each other and map their segments
+        # both participants have their Fast DDS segments mapped (what kill -9 leaves behind)
+        deadline = time.monotonic() + 10.0
+        while not all(_maps_fastdds_segment(p.pid) for p in (talker, victim)) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for proc in (victim, talker):  # kill -9: Fast DDS leaves its /dev/shm segments behind
             proc.popen.kill()
             proc.popen.wait(timeout=5)
