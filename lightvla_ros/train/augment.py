@@ -12,7 +12,7 @@ camera image, in this order, on values in [0, 1], each result clipped to [0, 1]:
 
 At inference `predict_action` center-crops the same 90 % area (preprocess.center_crop_image), so
 the crop the policy sees is the mean of the training crops. Saturation here blends with the
-luminance image (torchvision's adjust_saturation) where TF scales S in HSV: the same direction and
+grey image (torchvision's adjust_saturation, written out) where TF scales S in HSV: the same direction and
 range, not bit-identical; nothing downstream depends on the exact jitter.
 """
 from __future__ import annotations
@@ -22,9 +22,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 
 from ..model.preprocess import CROP_AREA, ImageTransform
+
+
+GREY_WEIGHTS = torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601-2 luma, as torchvision
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,7 @@ class ImageAugment:
         x = (x + uniform(-self.brightness, self.brightness).view(n, 1, 1, 1)).clamp(0, 1)
         mean = x.mean(dim=(2, 3), keepdim=True)
         x = ((x - mean) * uniform(*self.contrast).view(n, 1, 1, 1) + mean).clamp(0, 1)
-        grey = TF.rgb_to_grayscale(x)
-        x = (grey + (x - grey) * uniform(*self.saturation).view(n, 1, 1, 1)).clamp(0, 1)  # adjust_saturation
+        x = saturate(x, uniform(*self.saturation))
         return shift_hue(x, uniform(-self.hue, self.hue)).clamp(0, 1)
 
     def crop(self, images: torch.Tensor, lo_x: torch.Tensor, lo_y: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,13 @@ def normalize_pixels(images: torch.Tensor, transform: ImageTransform) -> torch.T
         std_t = torch.tensor(std, dtype=images.dtype)[None, :, None, None]
         parts.append((images - mean_t) / std_t)
     return torch.cat(parts, dim=1)
+
+
+def saturate(images: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1], per-image factors: blend with the grey image (torchvision's
+    rgb_to_grayscale weights and adjust_saturation), clipped."""
+    grey = (images * GREY_WEIGHTS.to(images.dtype)).sum(dim=1, keepdim=True)
+    return (grey + (images - grey) * factor.view(-1, 1, 1, 1)).clamp(0, 1)
 
 
 def shift_hue(images: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

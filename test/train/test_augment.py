@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from lightvla_ros.model.preprocess import CROP_AREA, ImageTransform, center_crop_image, image_to_pixels
-from lightvla_ros.train.augment import ImageAugment, normalize_pixels, shift_hue
+from lightvla_ros.train.augment import ImageAugment, normalize_pixels, saturate, shift_hue
 from lightvla_ros.train.finetune import collate, resized_frames
 from lightvla_ros.train.dataset import Sample
 
@@ -42,13 +42,16 @@ def test_crops_move_with_the_box_and_a_full_box_is_the_identity():
     torch.testing.assert_close(right[..., 0, -1], image[..., 0, -1])
 
 
-def test_batched_hue_shift_is_torchvisions_adjust_hue_per_image():
+def test_batched_hue_and_saturation_are_torchvisions_per_image():
     from torchvision.transforms.v2 import functional as TF
 
     images = torch.cat([_tensor(_image(s)) for s in range(3)] + [torch.full((1, 3, 84, 84), 0.5)])
     delta = torch.tensor([0.05, -0.05, 0.3, 0.02])
     expected = torch.stack([TF.adjust_hue(im, float(d)) for im, d in zip(images, delta)])
     torch.testing.assert_close(shift_hue(images, delta), expected, atol=1e-5, rtol=0)
+    factor = torch.tensor([0.8, 1.2, 1.0, 0.9])
+    expected = torch.stack([TF.adjust_saturation(im, float(f)) for im, f in zip(images, factor)])
+    torch.testing.assert_close(saturate(images, factor), expected, atol=1e-5, rtol=0)
 
 
 def test_augment_is_seeded_per_image_and_stays_in_range():
