@@ -81,7 +81,7 @@ def echo_main(kind: str) -> int:
 
 def run_floor(log_dir: Path, kind: str, seconds: float) -> dict:
     from lightvla_ros.ros.launcher import ros_domain
-    from lightvla_ros.ros.peer import PolicyDriver, to_time
+    from lightvla_ros.ros.peer import PolicyDriver
     from lightvla_ros.ros.conversions import time_to_ns
 
     with ros_domain(log_dir=log_dir) as dom:
@@ -90,13 +90,9 @@ def run_floor(log_dir: Path, kind: str, seconds: float) -> dict:
         with dom.rclpy_node("bench_peer") as probe:
             drv = PolicyDriver(probe, size=224)
             probe.wait_for_topic("/lightvla/action_chunk", timeout=30)
-            drv.stream(1.5, rate=5.0)                          # warm-up, not measured
-            n_chunks, n_pub = len(drv.chunks), len(drv.published)
-            drv.stream(seconds, rate=5.0)
-            drv.spin(0.3)
+            published, chunks = drv.measure(seconds, rate=5.0, settle=0.3)
         proc.stop()
-    published = {time_to_ns(to_time(s)): wall for s, wall in drv.published[n_pub:]}
-    rtt = [recv - published[time_to_ns(m.header.stamp)] for recv, m in drv.chunks[n_chunks:]
+    rtt = [recv - published[time_to_ns(m.header.stamp)] for recv, m in chunks
            if time_to_ns(m.header.stamp) in published]
     return {"round_trip_ms_median": pct(rtt, 50) * 1e3, "round_trip_ms_p99": pct(rtt, 99) * 1e3,
             "samples": len(rtt)}

@@ -192,7 +192,7 @@ def stages(rows: list[dict]) -> dict[str, list[float]]:
 def run(ckpt: Path, seconds: float, inference_process: bool, log_dir: Path) -> dict[str, list[float]]:
     from lightvla_ros.ros.conversions import time_to_ns
     from lightvla_ros.ros.launcher import ros_args, ros_domain
-    from lightvla_ros.ros.peer import PolicyDriver, to_time
+    from lightvla_ros.ros.peer import PolicyDriver
 
     out = log_dir / "stages.jsonl"
     params = {"checkpoint": str(ckpt), "device": "cpu", "control_rate_hz": 20.0,
@@ -207,13 +207,9 @@ def run(ckpt: Path, seconds: float, inference_process: bool, log_dir: Path) -> d
         with dom.rclpy_node("stages_peer") as probe:
             drv = PolicyDriver(probe, size=224)
             probe.wait_for_topic("/lightvla/action", timeout=30)
-            drv.stream(1.5, rate=5.0)                      # warm-up, not measured
-            n_chunks, n_pub = len(drv.chunks), len(drv.published)
-            drv.stream(seconds, rate=5.0)
-            drv.spin(0.6)
+            published, chunks = drv.measure(seconds, rate=5.0, settle=0.6)
         proc.stop()
-    published = {time_to_ns(to_time(s)): wall for s, wall in drv.published[n_pub:]}
-    received = {time_to_ns(m.header.stamp): recv for recv, m in drv.chunks[n_chunks:]}
+    received = {time_to_ns(m.header.stamp): recv for recv, m in chunks}
     rows = []
     for line in out.read_text().splitlines():
         r = json.loads(line)

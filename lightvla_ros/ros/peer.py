@@ -163,6 +163,17 @@ class PolicyDriver:
                 self.probe.executor.spin_once(timeout_sec=max(0.0, min(0.005, next_t - time.monotonic())))
         return stamps
 
+    def measure(self, seconds: float, rate: float, warmup: float = 1.5, settle: float = 0.3):
+        """Stream `warmup` s (not measured), then `seconds` s, then spin `settle` s. -> (published:
+        stamp ns -> wall time of publishing, chunks: [(receive wall time, ActionChunk)]) of the
+        measured window only."""
+        self.stream(warmup, rate=rate)
+        n_chunks, n_pub = len(self.chunks), len(self.published)
+        self.stream(seconds, rate=rate)
+        self.spin(settle)
+        published = {to_ns(stamp): wall for stamp, wall in self.published[n_pub:]}
+        return published, self.chunks[n_chunks:]
+
     def wait_for(self, pred, timeout: float) -> bool:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
