@@ -48,6 +48,30 @@ def _node_params(args: argparse.Namespace, cams: list[str], meta: dict) -> dict:
     return params
 
 
+def _wait_for_node(probe: Any, pubs: dict, cams: list[str], instruction_topic: str, own: int,
+                   domain_id: int, timeout: float = 60.0) -> None:
+    """Wait until the node's subscriptions have matched our publishers, so nothing played is lost.
+
+    A publisher's match count includes our own recording subscriptions (`own` per topic), so a node
+    counts only above that. The cameras and the instruction are required (the node always subscribes
+    to both; a latched instruction matched late reaches the node only after frames went by). A
+    proprio topic is waited for when the graph shows another node subscribed to it."""
+    name = probe.node.get_name()
+
+    def matched(t: str) -> bool:
+        return pubs[t].get_subscription_count() > own
+
+    required = [t for t in (*cams, instruction_topic) if t in pubs]
+    if not probe.spin_until(lambda: all(matched(t) for t in required), timeout):
+        missing = [t for t in required if not matched(t)]
+        raise RuntimeError(f"no policy node subscribed to {missing} within {timeout:.0f} s (domain {domain_id})")
+    others = [t for t in pubs if t not in required
+              and any(i.node_name != name for i in probe.node.get_subscriptions_info_by_topic(t))]
+    if not probe.spin_until(lambda: all(matched(t) for t in others), timeout):
+        raise RuntimeError(f"the policy node's subscriptions to {[t for t in others if not matched(t)]} "
+                           f"did not match within {timeout:.0f} s (domain {domain_id})")
+
+
 def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace,
                          progress=None) -> tuple[dict, list[Frame]]:
     from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -117,8 +141,8 @@ def evaluate_bag_via_ros(path: str | Path, policy: Any, args: argparse.Namespace
                 out_bag.add_topic(t, msgtype, reliable=not sensor, transient_local=qos is latched)
                 probe.node.create_subscription(msg_class(msgtype), t,
                                                lambda data, t=t: out_bag.write(t, data), qos, raw=True)
-        if not probe.spin_until(lambda: all(pubs[c].get_subscription_count() >= 1 for c in cams), 60):
-            raise RuntimeError(f"no policy node subscribed to {cams} within 60 s (domain {domain_id})")
+        _wait_for_node(probe, pubs, cams, args.instruction_topic, own=1 if out_bag is not None else 0,
+                       domain_id=domain_id)
 
         # play in real time (scaled by --rate), restamped to now
         clock = probe.node.get_clock()

@@ -5,7 +5,10 @@ then both camera images, all with the same fresh node-clock stamp; moves to the 
 ActionChunk for one of the step's stamps arrives. Writes every chunk it received to --out (JSON)
 and prints "published N steps".
 
-    python episode_publisher.py --steps 3 --subscribers 3 --out live.json
+    python episode_publisher.py --steps 3 --subscribers 3 --out live.json [--sent-out sent.json]
+
+Every tick of a step carries the same data (images, proprio) under a fresh stamp, so two chunks for
+two ticks of one step come from the same observation; --sent-out tells which step a stamp belongs to.
 """
 import argparse
 import json
@@ -33,6 +36,7 @@ def main() -> int:
     ap.add_argument("--subscribers", type=int, default=1, help="wait for this many subscribers per camera")
     ap.add_argument("--instruction", default="pick up the bowl")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--sent-out", type=Path, help="write every published stamp (ns) -> its step here (JSON)")
     ap.add_argument("--timeout", type=float, default=60.0, help="s to wait for each chunk")
     ap.add_argument("--cameras-first", action="store_true",
                     help="publish a tick's cameras before its proprio (the node then pairs the previous proprio)")
@@ -108,6 +112,8 @@ def main() -> int:
                 for key, c in sorted(chunks.items())]
     spin_until(lambda: False, 1.0)             # let the recorders take the last messages
     args.out.write_text(json.dumps(received))
+    if args.sent_out is not None:
+        args.sent_out.write_text(json.dumps({str(s): k for s, k in sent.items()}))
     print(f"published {args.steps} steps", flush=True)
     node.destroy_node()
     rclpy.try_shutdown()
