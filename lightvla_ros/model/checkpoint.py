@@ -372,7 +372,12 @@ def _config_for_save(vla: LightVLA) -> dict:
 
 def save_checkpoint(vla: LightVLA, out_dir, step: int = 0, max_shard_bytes: int = 5 * 10**9,
                     min_shards: int = 2, skip: tuple[str, ...] = ()) -> Path:
-    """Write `vla` in the released layout (reloads with load_vla). Tensors keep their dtype."""
+    """Write `vla` in the released layout (reloads with load_vla). Tensors keep their dtype.
+    A model loaded from a trimmed checkpoint stays trimmed: its config says so, and the zeros
+    load_vla put in lm_head are not written (fine-tuning the shipped checkpoint saved them, and
+    the result refused to load: "1 unexpected key(s)")."""
+    if vla.config.get("lightvla", {}).get("lm_head") == "trimmed":
+        skip = (*skip, LM_HEAD_KEY)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     heads = ("action_head.", "proprio_projector.")

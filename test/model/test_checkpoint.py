@@ -89,6 +89,24 @@ def test_save_load_identical_outputs(tiny_checkpoint, tmp_path):
         assert k1 == k2 and torch.equal(v1, v2), k1
 
 
+def test_a_trimmed_checkpoint_saves_trimmed(tiny_checkpoint, tmp_path):
+    """Fine-tuning the shipped (compact, lm_head trimmed) checkpoint saves a model loaded from it:
+    the config still says trimmed, so lm_head is not written and the copy loads with equal actions
+    (it was written, and the load refused the unexpected key)."""
+    from lightvla_ros.model.checkpoint import LM_HEAD_KEY, export_compact
+
+    compact = export_compact(tiny_checkpoint, tmp_path / "compact", dtype="float32")
+    vla = load_vla(compact, device="cpu")
+    save_checkpoint(vla, tmp_path / "again", step=7)
+    assert LM_HEAD_KEY not in _index(tmp_path / "again")["weight_map"]
+    again = load_vla(tmp_path / "again", device="cpu")
+    rng = np.random.default_rng(4)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    proprio = np.zeros(8, np.float32)
+    np.testing.assert_array_equal(vla.predict_action(images, INSTRUCTION, proprio).actions,
+                                  again.predict_action(images, INSTRUCTION, proprio).actions)
+
+
 def test_heads_without_ddp_prefix_load(ckpt_copy):
     path = ckpt_copy / "action_head--0_checkpoint.pt"
     state = torch.load(path, weights_only=True)
