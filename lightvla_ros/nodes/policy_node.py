@@ -50,6 +50,7 @@ from lightvla_interfaces.srv import SetInstruction
 from lightvla_ros.eval.bag_io import INPUTS_TOPIC, METADATA_TOPIC
 from lightvla_ros.paths import CheckpointNotFound, resolve_checkpoint
 from lightvla_ros.policy.config import FIELDS, RUNTIME, RunnerConfig
+from lightvla_ros.policy.process_policy import keep_buffers_mapped
 from lightvla_ros.policy.runner import ChunkedPolicyRunner, InferenceWorker, Result, Step
 from lightvla_ros.ros.conversions import (actions_to_joint_trajectory, compressed_to_rgb, image_to_rgb,
                                           policy_output_to_action_chunk, policy_output_to_pruning_stats,
@@ -297,6 +298,7 @@ class PolicyNode(Node):
 
 
 def main(args=None) -> int:
+    keep_buffers_mapped()   # each observation's image buffers (and, model in a thread, its tensors) reuse the heap
     return spin_node(PolicyNode, num_threads=1, args=args, name="lightvla_policy")
 
 
