@@ -98,6 +98,31 @@ class ProcessPolicy:
         self.num_inferences += 1
         return out
 
+    # ---- split calls: InferenceWorker sends where a request is made and receives on its thread
+    def submit(self, obs: Observation) -> None:
+        """Send one request; its reply comes from receive(). One in flight at a time, and not mixed
+        with infer() / warmup() (the caller, InferenceWorker, keeps to that)."""
+        payload = self._images.pack(obs)   # the child is idle: nothing reads the buffer now
+        try:
+            self._conn.send(("infer", payload))
+        except (OSError, BrokenPipeError) as e:
+            raise ModelProcessError(f"the model process is gone (exit code {self._proc.poll()}): "
+                                    f"{type(e).__name__}") from None
+
+    def receive(self, timeout: float) -> PolicyOutput | None:
+        """The reply to submit(), or None if it did not come within `timeout` s."""
+        try:
+            if not self._conn.poll(timeout):
+                return None
+            status, value = self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError) as e:
+            raise ModelProcessError(f"the model process is gone (exit code {self._proc.poll()}): "
+                                    f"{type(e).__name__}") from None
+        if status == "error":
+            raise ModelProcessError(value)
+        self.num_inferences += 1
+        return value
+
     def close(self, timeout: float = 1.0) -> None:
         """Stop the child: an idle one exits as the pipe closes; one mid-forward-pass is terminated
         (its result would be discarded anyway)."""

@@ -100,6 +100,8 @@ class ChunkedPolicyRunner:
         self._job: Request | None = None       # the request queued or in flight
         self._job_taken = False
         self._closed = False
+        # called, lock held, on the thread that made a request (InferenceWorker sends it from there)
+        self.on_request: Callable[[], None] | None = None
         self._last_good: int | None = None     # fresh_since of the newest observation that assembled
         self._fresh = False                    # the watchdog's state: each fresh <-> stale transition logged
         self._obs_after = -1                   # an inference needs an observation stamped after this
@@ -305,11 +307,14 @@ class ChunkedPolicyRunner:
             self._job_taken = True
             return self._job
 
-    def wait_request(self, timeout: float) -> Request | None:
-        """take_request, waiting up to `timeout` s; None after close()."""
+    def wait_request(self, timeout: float, busy: Callable[[], bool] | None = None) -> Request | None:
+        """take_request, waiting up to `timeout` s; None after close(), or as soon as busy() (checked
+        on every request and close) says the caller has something else to do."""
+        busy = busy or (lambda: False)
         with self._cv:
-            self._cv.wait_for(lambda: self._closed or (self._job is not None and not self._job_taken), timeout)
-            return None if self._closed else self.take_request()
+            self._cv.wait_for(lambda: self._closed or busy() or (self._job is not None and not self._job_taken),
+                              timeout)
+            return None if self._closed or busy() else self.take_request()
 
     def on_result(self, req: Request, out: PolicyOutput, now: int) -> Result:
         """A chunk is back: dropped (reset since the request, too old, NaN, rejected by the limits) or
@@ -433,6 +438,8 @@ class ChunkedPolicyRunner:
         self._job = Request(obs, self._epoch, now, obs.stamp if since is None else since, time.monotonic())
         self._job_taken = False
         self._cv.notify_all()
+        if self.on_request is not None:
+            self.on_request()
 
     def _check_chunk(self, actions: np.ndarray) -> np.ndarray | None:
         """NaN/Inf -> reject; outside limits -> clip or reject per limit_mode."""
@@ -491,14 +498,24 @@ class ChunkedPolicyRunner:
 
 class InferenceWorker:
     """Runs the model on its own thread: takes the runner's requests, hands back results.
-    on_result(Result) is called on the worker thread for every chunk that was kept."""
+    on_result(Result) is called on the worker thread for every chunk that was kept.
+
+    A policy with submit(obs) / receive(timeout) (ProcessPolicy: the model in a child process) is
+    sent each request on the thread that made it (a sensor callback, the step timer, this thread
+    after a result), so a request does not wait for this thread to wake up (0.3 ms measured,
+    docs/benchmarks.md); this thread waits for the replies. One request is in flight at a time."""
 
     def __init__(self, runner: ChunkedPolicyRunner, policy, clock_ns: Callable[[], int],
                  on_result: Callable[[Result], None]):
         self.runner, self.policy, self.clock_ns, self.on_result = runner, policy, clock_ns, on_result
-        self._thread = threading.Thread(target=self._work, name="lightvla_inference", daemon=True)
+        self.split = callable(getattr(policy, "submit", None)) and callable(getattr(policy, "receive", None))
+        self._in_flight: Request | None = None   # split: the request the model process has (runner lock)
+        self._thread = threading.Thread(target=self._work_split if self.split else self._work,
+                                        name="lightvla_inference", daemon=True)
 
     def start(self) -> None:
+        if self.split:
+            self.runner.on_request = self._send_waiting
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
@@ -519,12 +536,51 @@ class InferenceWorker:
             except Exception as e:  # a model error must not take the node down
                 self.runner.on_error(req, e, self.clock_ns())
                 continue
-            result = self.runner.on_result(req, out, self.clock_ns())
-            if result.chunk is not None:
-                try:
-                    self.on_result(result)
-                except Exception as e:  # a transport error must not stop inference
-                    self.runner.report_bad_input("publish_error", f"{type(e).__name__}: {str(e)[:200]}")
+            self._deliver(req, out)
+
+    def _deliver(self, req: Request, out) -> None:
+        result = self.runner.on_result(req, out, self.clock_ns())
+        if result.chunk is not None:
+            try:
+                self.on_result(result)
+            except Exception as e:  # a transport error must not stop inference
+                self.runner.report_bad_input("publish_error", f"{type(e).__name__}: {str(e)[:200]}")
+
+    # ---- split: requests sent where they are made, replies received here -----------------------
+    def _send_waiting(self) -> None:
+        """Send the waiting request to the model process unless one is in flight (any thread)."""
+        with self.runner._lock:
+            if self._in_flight is None and not self.runner.closed:
+                self._send(self.runner.take_request())
+
+    def _send(self, req: Request | None) -> None:
+        if req is None:
+            return
+        with self.runner._lock:
+            self._in_flight = req
+            try:
+                self.policy.submit(req.obs)
+            except Exception as e:  # the model process is gone: counted, the node keeps running
+                self._in_flight = None
+                self.runner.on_error(req, e, self.clock_ns())
+
+    def _work_split(self) -> None:
+        while not self.runner.closed:
+            if self._in_flight is None:   # normally sent where it was made; one made before start() here
+                self._send(self.runner.wait_request(0.2, busy=lambda: self._in_flight is not None))
+                continue
+            try:
+                out = self.policy.receive(timeout=0.2)
+            except Exception as e:  # an error reply or the process gone: counted, next request
+                req, self._in_flight = self._in_flight, None
+                self.runner.on_error(req, e, self.clock_ns())
+                self._send_waiting()
+                continue
+            if out is None:
+                continue
+            req, self._in_flight = self._in_flight, None
+            self._deliver(req, out)
+            self._send_waiting()   # a request made while the model ran
 
 
 def run_inline(runner: ChunkedPolicyRunner, policy, now: int) -> Result | None:

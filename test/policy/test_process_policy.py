@@ -76,3 +76,56 @@ def test_the_model_process_keeps_request_buffers_on_the_heap():
 
     assert mapped_blocks("default") == 1
     assert mapped_blocks("keep") == 0
+
+
+def test_requests_go_to_the_child_from_the_thread_that_made_them(tiny_checkpoint):
+    """InferenceWorker with a ProcessPolicy: a request made in a sensor callback is sent to the model
+    process on that thread (no wait for the worker thread to wake); the worker thread receives the
+    reply, and the chunk equals VLAPolicy's for the observation sent. submit/receive on their own:
+    a refused request is one ModelProcessError and the child serves the next one."""
+    import threading
+
+    from lightvla_ros.policy.config import RunnerConfig
+    from lightvla_ros.policy.runner import ChunkedPolicyRunner, InferenceWorker
+
+    local = VLAPolicy(tiny_checkpoint, device="cpu", dtype="float32")
+    remote = ProcessPolicy(tiny_checkpoint, device="cpu", dtype="float32")
+    sent, results, done = [], [], threading.Event()
+    submit = remote.submit
+
+    def traced_submit(obs):
+        sent.append((threading.current_thread().name, obs))
+        submit(obs)
+    remote.submit = traced_submit
+    try:
+        assert remote.receive(timeout=0.05) is None                     # nothing in flight
+        remote.submit(Observation(images=[], instruction="x"))
+        with pytest.raises(ModelProcessError, match="image"):
+            remote.receive(timeout=30)
+        remote.submit(_obs(local))
+        np.testing.assert_array_equal(remote.receive(timeout=30).actions, local.infer(_obs(local)).actions)
+        sent.clear()
+
+        runner = ChunkedPolicyRunner(RunnerConfig(instruction="pick up the bowl", camera_names=("cam0", "cam1"),
+                                                  proprio_sources=("eef_pos", "eef_axis_angle", "joint:a", "joint:b"),
+                                                  max_observation_age=1e6, max_chunk_age=1e6),
+                                     local.chunk_size, local.action_dim)
+        worker = InferenceWorker(runner, remote, lambda: now[0], lambda r: (results.append(r), done.set()))
+        assert worker.split
+        worker.start()
+        images = _obs(local).images
+        for k in range(2):
+            done.clear()
+            now = [7_000_000_000 + k * 10**9]
+            runner.add_joint_state(["a", "b"], [0.02, -0.02], now[0], now[0])
+            runner.add_eef_pose([0.1, 0.0, 0.9 + k / 10], [0.0, 0.0, 0.0, 1.0], now[0], now[0])
+            for cam, image in zip(("cam0", "cam1"), images):
+                runner.add_image(cam, image, now[0], now[0])            # the request is made here
+            assert done.wait(30), (k, runner.diagnostics())
+            runner.reset(now[0])                                         # the next observation: a new chunk
+        worker.stop()
+        assert [name for name, _ in sent] == [threading.current_thread().name] * 2
+        for (_, obs), result in zip(sent, results):
+            np.testing.assert_array_equal(result.chunk.actions, local.infer(obs).actions)
+    finally:
+        remote.close()
