@@ -59,13 +59,21 @@ def traced_node() -> int:
 
     wait_request = rn.ChunkedPolicyRunner.wait_request
 
-    def traced_wait(self, timeout):
-        req = wait_request(self, timeout)
+    def traced_wait(self, timeout, busy=None):   # model in a thread: the worker takes the request
+        req = wait_request(self, timeout, busy)
         if req is not None:
             mark(req.obs.stamp, "worker_got")
             mark(req.obs.stamp, "requested", time.time() - (time.monotonic() - req.wall_start))
         return req
     rn.ChunkedPolicyRunner.wait_request = traced_wait
+    send = rn.InferenceWorker._send
+
+    def traced_send(self, req):   # model in a process: sent on the thread that made the request
+        if req is not None:
+            mark(req.obs.stamp, "worker_got")
+            mark(req.obs.stamp, "requested", time.time() - (time.monotonic() - req.wall_start))
+        return send(self, req)
+    rn.InferenceWorker._send = traced_send
 
     on_result = rn.ChunkedPolicyRunner.on_result
 
@@ -99,6 +107,18 @@ def traced_node() -> int:
             mark(payload.stamp, "recv_end")
         return value
     pp.ProcessPolicy._call = traced_call
+    submit, receive = pp.ProcessPolicy.submit, pp.ProcessPolicy.receive
+
+    def traced_submit(self, obs):
+        mark(obs.stamp, "send_start")
+        return submit(self, obs)
+
+    def traced_receive(self, timeout):
+        value = receive(self, timeout)
+        if value is not None:
+            mark(value.stamp, "recv_end")
+        return value
+    pp.ProcessPolicy.submit, pp.ProcessPolicy.receive = traced_submit, traced_receive
     popen = pp.subprocess.Popen
 
     def child_popen(argv, **kwargs):   # the model process: this file with --child
@@ -149,7 +169,7 @@ STAGES = [  # (label, start mark, end mark); None: a computed stage
     ("peer published -> last callback starts", "published", "last_cb"),
     ("callbacks, first start -> last end", "first_cb", "last_cb_end"),
     ("  each image callback (decode, runner.add_image)", None, None),
-    ("request made -> worker thread has it", "requested", "worker_got"),
+    ("request made -> worker thread has it (process: the send starts)", "requested", "worker_got"),
     ("worker -> request sent to the model process", "worker_got", "send_start"),
     ("  sent -> child has it (images via the memfd)", "send_start", "c_recv"),
     ("  child has it -> its infer() starts", "c_recv", "c_infer_start"),
