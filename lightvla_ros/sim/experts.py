@@ -85,6 +85,20 @@ class WaypointExpert:
             self.count += 1
         return chunk
 
+    def plan(self, obs: SimObservation, chunk_size: int, rewind: int = 0) -> np.ndarray:
+        """The chunk `act_chunk` would plan from `obs`, leaving the expert as it was.
+
+        Used mid-chunk: `rewind` is how many steps of the chunk being executed have not been
+        executed yet (`act_chunk` counted them in the phase's steps already); they are taken
+        off that count first, so the plan sees the steps the phase has really run.
+        """
+        saved = self.phase, self.count, dict(self.memory), self.target_quat
+        self.count = max(0, self.count - int(rewind))
+        try:
+            return self.act_chunk(obs, chunk_size)
+        finally:
+            self.phase, self.count, self.memory, self.target_quat = saved
+
     def _advance(self, obs: SimObservation, eef: np.ndarray, observed: bool) -> np.ndarray:
         """Target of the current phase, moving on to the next phase while this one is done.
 

@@ -8,7 +8,10 @@ until success or max steps. Every recorded step holds what the policy node would
 from the sim bridge's topics at that step: the camera images in the bridge's convention and size,
 the proprio built by the node's own ObservationAssembler from the eef pose and the joint states,
 and the 7-dim action the sim then applied (with --action-noise: the expert's action, the sim applying
-it plus noise, DART). Failed expert episodes are reported, not saved.
+it plus noise, DART). With --plan-targets each step also records the chunk the expert plans from
+that step (`action_chunks`), which training uses as the step's target: the policy plans a chunk
+from whatever step it is asked at, while a chunked expert's recorded actions t..t+7 are, past its
+own chunk starts, the tail of an older plan. Failed expert episodes are reported, not saved.
 Output: one `.npz` per episode (lightvla_ros.train.dataset) plus `dataset.json` (docs/training.md).
 """
 from __future__ import annotations
@@ -60,7 +63,7 @@ def policy_view(assembler: ObservationAssembler, sim_obs, stamp: int) -> Observa
 
 
 def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=PROPRIO_SOURCES,
-                    action_noise: float = 0.0, noise_seed: int = 0):
+                    action_noise: float = 0.0, noise_seed: int = 0, plan_targets: bool = False):
     """-> (Episode or None if the expert failed, info dict).
 
     action_noise > 0 (DART, Laskey et al. 2017): the sim applies the expert's action plus
@@ -79,12 +82,14 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
                                      instruction=env.instruction, max_observation_age=NEVER)
     expert = make_expert(env)
     expert.reset()
-    images, proprio, actions, stamps = [], [], [], []
+    images, proprio, actions, stamps, plans = [], [], [], [], []
     rng = np.random.default_rng([noise_seed, init_state])
     noise = np.zeros(3)
     success = False
     while len(actions) < env.max_steps and not success:
-        for action in expert.act_chunk(sim_obs, chunk_size):
+        for k, action in enumerate(expert.act_chunk(sim_obs, chunk_size)):
+            if plan_targets:
+                plans.append(expert.plan(sim_obs, chunk_size, rewind=chunk_size - k))
             obs = policy_view(assembler, sim_obs, to_ns(sim_obs.sim_time))
             images.append(np.stack(obs.images))
             proprio.append(obs.proprio)
@@ -102,7 +107,8 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
     if not success:
         return None, info
     ep = Episode(images=np.stack(images), proprio=np.stack(proprio), actions=np.stack(actions),
-                 instruction=env.instruction, camera_names=tuple(env.camera_names), timestamps=np.asarray(stamps))
+                 instruction=env.instruction, camera_names=tuple(env.camera_names), timestamps=np.asarray(stamps),
+                 action_chunks=np.stack(plans) if plan_targets else None)
     return ep, info
 
 
@@ -129,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="DART: std (action units) of correlated noise added to the applied position actions; "
                          "the recorded action stays the expert's (use with --chunk-size 1)")
     ap.add_argument("--noise-seed", type=int, default=0)
+    ap.add_argument("--plan-targets", action="store_true",
+                    help="also record the chunk the expert plans from every step; training uses it as the target")
     args = ap.parse_args(argv)
 
     from ..sim import SimConfig, make_env
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         with make_env(cfg) as env:
             for i in parse_indices(args.init_states):
                 ep, info = collect_episode(env, i, args.chunk_size, action_noise=args.action_noise,
-                                           noise_seed=args.noise_seed)
+                                           noise_seed=args.noise_seed, plan_targets=args.plan_targets)
                 name = f"{args.suite}_{env.task_name}_{i:04d}"
                 if ep is None:
                     failed.append(name)
@@ -158,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                                render_quality=args.render_quality, control_rate_hz=1.0 / env.control_period,
                                proprio_sources=list(PROPRIO_SOURCES), action_space="eef_delta_pose_gripper",
                                wait_steps=env.num_wait_steps, source="lightvla-collect (scripted expert)",
-                               expert_chunk_size=args.chunk_size, action_noise=args.action_noise)
+                               expert_chunk_size=args.chunk_size, action_noise=args.action_noise,
+                               plan_targets=args.plan_targets)
     print(f"saved {saved} episode(s) to {out}; expert failures: {len(failed)} {failed}", flush=True)
     return 0 if saved else 1
 

@@ -7,11 +7,15 @@ One episode = one `.npz` file (np.savez_compressed, no pickles):
     instruction   0-d str                           e.g. "pick up the alphabet soup"
     camera_names  (num_cameras,) str                optional, informational
     timestamps    (T,) float64                      optional, seconds (sim time or bag time)
+    action_chunks (T, K, action_dim) float32        optional, raw units: the chunk the expert
+                                                    planned from step t (lightvla-collect --plan-targets)
 A dataset directory may hold `dataset.json` (format lightvla.dataset/1: cameras, rate, proprio
 sources, where the episodes came from; docs/training.md).
 
 A training sample at step t is (images at t, proprio at t, instruction, actions t..t+chunk-1),
-the chunk padded past the episode end by repeating the last action (OFT's RLDS chunking).
+the chunk padded past the episode end by repeating the last action (OFT's RLDS chunking). An
+episode with `action_chunks` gives action_chunks[t] instead: what the expert would have done had
+it planned a chunk at t, as the policy does whenever it is asked.
 Actions and proprio are normalised with the checkpoint's dataset_statistics.json entry the
 same way predict_action undoes it (as OpenVLA-OFT does): bounds_q99 / bounds, per-dim mask.
 """
@@ -33,6 +37,7 @@ class Episode:
     instruction: str
     camera_names: tuple[str, ...] = ()
     timestamps: np.ndarray | None = None  # (T,) float64 seconds, optional
+    action_chunks: np.ndarray | None = None  # (T, K, action_dim) float32, raw, optional: planned at t
 
     def __post_init__(self):
         self.images = np.asarray(self.images)
@@ -53,6 +58,13 @@ class Episode:
             self.timestamps = np.asarray(self.timestamps, dtype=np.float64)
             if self.timestamps.shape != (T,):
                 raise ValueError(f"timestamps must be (T={T},), got {self.timestamps.shape}")
+        if self.action_chunks is not None:
+            self.action_chunks = np.asarray(self.action_chunks, dtype=np.float32)
+            c = self.action_chunks
+            if c.ndim != 3 or c.shape[0] != T or c.shape[2] != self.actions.shape[1] or c.shape[1] < 1:
+                raise ValueError(f"action_chunks must be (T={T}, K, {self.actions.shape[1]}), got {c.shape}")
+            if not np.isfinite(c).all():
+                raise ValueError("action_chunks has non-finite values")
         if not isinstance(self.instruction, str) or not self.instruction.strip():
             raise ValueError(f"instruction must be a non-empty string, got {self.instruction!r}")
 
@@ -68,6 +80,8 @@ def save_episode(episode: Episode, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if episode.timestamps is None else {"timestamps": episode.timestamps}
+    if episode.action_chunks is not None:
+        extra["action_chunks"] = episode.action_chunks
     np.savez_compressed(path, images=episode.images, proprio=episode.proprio, actions=episode.actions,
                         instruction=np.array(episode.instruction),
                         camera_names=np.array(list(episode.camera_names), dtype=str), **extra)
@@ -83,7 +97,9 @@ def load_episode(path) -> Episode:
                 raise ValueError(f"{path}: missing array(s) {sorted(missing)}")
             names = tuple(str(n) for n in f["camera_names"]) if "camera_names" in f.files else ()
             stamps = f["timestamps"] if "timestamps" in f.files else None
-            return Episode(f["images"], f["proprio"], f["actions"], str(f["instruction"]), names, stamps)
+            chunks = f["action_chunks"] if "action_chunks" in f.files else None
+            return Episode(f["images"], f["proprio"], f["actions"], str(f["instruction"]), names, stamps,
+                           chunks)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read episode {path}: {e}") from e
 
@@ -149,6 +165,9 @@ class ChunkDataset:
                 raise ValueError(f"episode {i}: action dim {ep.actions.shape[1]}, the model's is {action_dim}")
             if proprio_dim is not None and ep.proprio.shape[1] != proprio_dim:
                 raise ValueError(f"episode {i}: proprio dim {ep.proprio.shape[1]}, the model's is {proprio_dim}")
+            if ep.action_chunks is not None and ep.action_chunks.shape[1] < chunk_size:
+                raise ValueError(f"episode {i}: planned chunks of {ep.action_chunks.shape[1]} steps, "
+                                 f"the model predicts {chunk_size}")
         if "action" not in stats or (proprio_dim is not None and "proprio" not in stats):
             raise ValueError(f"statistics need 'action' (and 'proprio') entries, got {sorted(stats)}")
         self.episodes = episodes
@@ -164,8 +183,11 @@ class ChunkDataset:
     def __getitem__(self, i: int) -> Sample:
         e, t = self.index[i]
         ep = self.episodes[e]
-        steps = np.minimum(np.arange(t, t + self.chunk_size), len(ep) - 1)  # repeat the last action
-        actions = normalize_actions(ep.actions[steps], self.stats["action"], self.normalization)
+        if ep.action_chunks is not None:   # the expert's own plan from this step
+            raw = ep.action_chunks[t, :self.chunk_size]
+        else:
+            raw = ep.actions[np.minimum(np.arange(t, t + self.chunk_size), len(ep) - 1)]  # repeat the last
+        actions = normalize_actions(raw, self.stats["action"], self.normalization)
         proprio = (normalize_proprio(ep.proprio[t], self.stats["proprio"], self.normalization)
                    if self.use_proprio else np.zeros(0, np.float32))
         return Sample([ep.images[t, c] for c in range(ep.num_cameras)], ep.instruction, proprio, actions)

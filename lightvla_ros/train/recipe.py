@@ -64,6 +64,8 @@ def collect(recipe: dict, out: Path, log) -> Path:
         for key in ("chunk_size", "action_noise", "noise_seed"):
             if key in c:
                 argv += [f"--{key.replace('_', '-')}", str(c[key])]
+        if c.get("plan_targets"):
+            argv.append("--plan-targets")
         if collect_main(argv) != 0:
             raise RuntimeError(f"demo collection saved nothing ({c})")
     return demos

@@ -39,3 +39,16 @@ def test_no_expert_for_other_suites_says_which_exist():
         suite, task_name = "libero_goal", "open_the_drawer"
     with pytest.raises(ValueError, match="Lift.*libero_object"):
         make_expert(Fake())
+
+
+def test_a_plan_leaves_the_expert_as_it_was(lift_env):
+    """WaypointExpert.plan: the chunk act_chunk would give, with no change to the expert's state."""
+    obs = lift_env.reset(2)
+    expert = make_expert(lift_env)
+    planned = expert.plan(obs, 8)
+    state = (expert.phase, expert.count, dict(expert.memory))
+    again = expert.plan(obs, 8)
+    assert (expert.phase, expert.count) == state[:2] and expert.memory.keys() == state[2].keys()
+    np.testing.assert_array_equal(planned, again)
+    np.testing.assert_array_equal(planned, expert.act_chunk(obs, 8))   # the same as acting
+    assert expert.count == 8

@@ -48,6 +48,41 @@ def test_dart_noise_moves_the_robot_off_the_plan_and_records_the_experts_correct
     assert np.all(np.abs(noisy.actions) <= 1.0) and set(np.unique(noisy.actions[:, 6])) <= {-1.0, 1.0}
 
 
+def test_plan_targets_label_every_step_with_the_experts_plan_from_that_step(tmp_path):
+    """--plan-targets: the executed actions are unchanged; at the expert's own chunk starts the
+    recorded plan is the executed chunk; mid-chunk it is a fresh plan from that state, which the
+    training samples use as the target (the policy plans from whatever step it is asked at)."""
+    from lightvla_ros.model.preprocess import norm_bounds
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.train.collect import collect_episode
+    from lightvla_ros.train.dataset import ChunkDataset, compute_statistics, load_episode, save_episode
+
+    with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=32)) as env:
+        plain, _ = collect_episode(env, 4, chunk_size=8)
+        ep, info = collect_episode(env, 4, chunk_size=8, plan_targets=True)
+    assert info["success"] and plain.action_chunks is None
+    np.testing.assert_array_equal(ep.actions, plain.actions)
+    assert ep.action_chunks.shape == (len(ep), 8, 7)
+    for t in range(0, len(ep) - 8, 8):
+        np.testing.assert_array_equal(ep.action_chunks[t], ep.actions[t:t + 8])
+    # mid-chunk the arm still lags behind the first plan: the fresh plan asks for more than the
+    # tail of the old one
+    mid = [t for t in range(len(ep)) if t % 8]
+    assert np.abs(ep.action_chunks[mid, 0, :3] - ep.actions[mid, :3]).mean() > 0.05
+
+    back = load_episode(save_episode(ep, tmp_path / "e.npz"))
+    np.testing.assert_array_equal(back.action_chunks, ep.action_chunks)
+    stats = compute_statistics([back])["action"]
+    data = ChunkDataset([back], 8, {"action": stats, "proprio": compute_statistics([back])["proprio"]},
+                        "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
+    low, high, _ = norm_bounds(stats, "bounds_q99")
+    raw = (data[2].actions + 1) / 2 * (high - low + 1e-8) + low
+    np.testing.assert_allclose(raw, np.clip(ep.action_chunks[2], low, high), atol=1e-5)
+    with pytest.raises(ValueError, match="planned chunks of 8 steps, the model predicts 16"):
+        ChunkDataset([back], 16, {"action": stats, "proprio": compute_statistics([back])["proprio"]},
+                     "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
+
+
 def test_lr_schedule_warmup_then_cosine():
     from lightvla_ros.train.finetune import FinetuneConfig, lr_factor
 
