@@ -59,19 +59,20 @@ def traced_node() -> int:
 
     wait_request = rn.ChunkedPolicyRunner.wait_request
 
-    def traced_wait(self, timeout, busy=None):   # model in a thread: the worker takes the request
-        req = wait_request(self, timeout, busy)
+    def mark_taken(req):
         if req is not None:
             mark(req.obs.stamp, "worker_got")
             mark(req.obs.stamp, "requested", time.time() - (time.monotonic() - req.wall_start))
+
+    def traced_wait(self, timeout, busy=None):   # model in a thread: the worker takes the request
+        req = wait_request(self, timeout, busy)
+        mark_taken(req)
         return req
     rn.ChunkedPolicyRunner.wait_request = traced_wait
     send = rn.InferenceWorker._send
 
     def traced_send(self, req):   # model in a process: sent on the thread that made the request
-        if req is not None:
-            mark(req.obs.stamp, "worker_got")
-            mark(req.obs.stamp, "requested", time.time() - (time.monotonic() - req.wall_start))
+        mark_taken(req)
         return send(self, req)
     rn.InferenceWorker._send = traced_send
 

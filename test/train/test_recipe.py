@@ -72,15 +72,13 @@ def test_plan_targets_label_every_step_with_the_experts_plan_from_that_step(tmp_
 
     back = load_episode(save_episode(ep, tmp_path / "e.npz"))
     np.testing.assert_array_equal(back.action_chunks, ep.action_chunks)
-    stats = compute_statistics([back])["action"]
-    data = ChunkDataset([back], 8, {"action": stats, "proprio": compute_statistics([back])["proprio"]},
-                        "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
-    low, high, _ = norm_bounds(stats, "bounds_q99")
+    stats = compute_statistics([back])
+    data = ChunkDataset([back], 8, stats, "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
+    low, high, _ = norm_bounds(stats["action"], "bounds_q99")
     raw = (data[2].actions + 1) / 2 * (high - low + 1e-8) + low
     np.testing.assert_allclose(raw, np.clip(ep.action_chunks[2], low, high), atol=1e-5)
     with pytest.raises(ValueError, match="planned chunks of 8 steps, the model predicts 16"):
-        ChunkDataset([back], 16, {"action": stats, "proprio": compute_statistics([back])["proprio"]},
-                     "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
+        ChunkDataset([back], 16, stats, "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
 
 
 def test_lr_schedule_warmup_then_cosine():
