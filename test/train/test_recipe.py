@@ -52,7 +52,7 @@ def test_plan_targets_label_every_step_with_the_experts_plan_from_that_step(tmp_
     """--plan-targets: the executed actions are unchanged; at the expert's own chunk starts the
     recorded plan is the executed chunk; mid-chunk it is a fresh plan from that state, which the
     training samples use as the target (the policy plans from whatever step it is asked at)."""
-    from lightvla_ros.model.preprocess import norm_bounds
+    from lightvla_ros.model.preprocess import norm_bounds, unnormalize_actions
     from lightvla_ros.sim import SimConfig, make_env
     from lightvla_ros.train.collect import collect_episode
     from lightvla_ros.train.dataset import ChunkDataset, compute_statistics, load_episode, save_episode
@@ -75,7 +75,7 @@ def test_plan_targets_label_every_step_with_the_experts_plan_from_that_step(tmp_
     stats = compute_statistics([back])
     data = ChunkDataset([back], 8, stats, "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
     low, high, _ = norm_bounds(stats["action"], "bounds_q99")
-    raw = (data[2].actions + 1) / 2 * (high - low + 1e-8) + low
+    raw = unnormalize_actions(data[2].actions, stats["action"], "bounds_q99")
     np.testing.assert_allclose(raw, np.clip(ep.action_chunks[2], low, high), atol=1e-5)
     with pytest.raises(ValueError, match="planned chunks of 8 steps, the model predicts 16"):
         ChunkDataset([back], 16, stats, "bounds_q99", num_images=2, action_dim=7, proprio_dim=8)
