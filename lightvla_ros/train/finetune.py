@@ -82,10 +82,6 @@ class FinetuneConfig:
     # the reference's training-time image augmentation (random 90 % crop + colour jitter, train/augment.py);
     # OFT's image_aug default is on. Off: every frame gets predict_action's center crop, as at inference.
     image_aug: bool = True
-    # not in the reference: each sample's (normalised) proprio is replaced by zeros with this
-    # probability, so the policy cannot settle on the proprio alone and leave the cameras unused
-    # (docs/training.md). 0: the reference's training.
-    proprio_dropout: float = 0.0
     # how the pruner trains when it is on. "ste": the reference's (the length is kept, each patch
     # replaced by the one it voted for, straight-through gradients, the noise schedule). "drop" (not
     # in the reference): the pruner runs as at inference, the patches no one voted for are dropped
@@ -244,9 +240,6 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print, 
     frames = frame_pipeline(vla, cfg)
     augment = ImageAugment() if cfg.image_aug else None
     generator = torch.Generator().manual_seed(cfg.seed + start_step)
-    if not 0.0 <= cfg.proprio_dropout < 1.0:
-        raise ValueError(f"proprio_dropout must be in [0, 1), got {cfg.proprio_dropout}")
-    dropout_rng = torch.Generator().manual_seed(cfg.seed + start_step + 1)
     if cfg.pruner_training not in ("ste", "drop"):
         raise ValueError(f"pruner_training must be ste or drop, got {cfg.pruner_training!r}")
 
@@ -288,9 +281,6 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print, 
             del order[:cfg.batch_size]
             pixel_values, input_ids, attention_mask, proprio, target = collate(vla, batch, cfg.center_crop, frames,
                                                                        augment, generator)
-            if proprio is not None and cfg.proprio_dropout > 0:
-                dropped = torch.rand(proprio.shape[0], generator=dropout_rng) < cfg.proprio_dropout
-                proprio = proprio.masked_fill(dropped[:, None].to(proprio.device), 0.0)
 
             predicted = vla(pixel_values, input_ids, attention_mask, proprio=proprio)  # (B, chunk, dim)
             loss = F.l1_loss(predicted.float(), target.float())
@@ -489,8 +479,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=defaults.time_budget_s, dest="time_budget_s",
                         help="seconds; stop and save (resumable) when used up")
     parser.add_argument("--no-image-cache", action="store_false", dest="cache_images")
-    parser.add_argument("--proprio-dropout", type=float, default=defaults.proprio_dropout,
-                        help="zero each sample's proprio with this probability (not in the reference)")
     parser.add_argument("--pruner-training", choices=["ste", "drop"], default=defaults.pruner_training,
                         help="ste: the reference's straight-through votes; drop: train on the pruned "
                              "sequence inference runs (not in the reference)")
