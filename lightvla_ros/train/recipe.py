@@ -90,6 +90,10 @@ def make_initial(recipe: dict, out: Path, log) -> Path:
 def run_stages(recipe: dict, start: Path, demos: Path, out: Path, log) -> Path:
     from .finetune import TRAIN_STATE, FinetuneConfig, finetune
 
+    if recipe.get("torch_threads"):  # CPU results depend on torch's intra-op thread count
+        import torch
+        torch.set_num_threads(int(recipe["torch_threads"]))
+        log(f"[recipe] torch threads: {torch.get_num_threads()}")
     ckpt = start
     for i, stage in enumerate(recipe["stages"]):
         stage = dict(stage)

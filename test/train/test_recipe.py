@@ -1,10 +1,11 @@
 """The data path for learning: demos recorded as the node sees them, the training options, a
-shortened recipe run end to end (collect -> checkpoint -> two stages -> in-process evaluation)."""
+shortened recipe run end to end (collect -> checkpoint -> three stages -> in-process evaluation)."""
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,13 +145,19 @@ def test_quick_recipe_lowers_the_loss_and_gives_a_loadable_checkpoint(tmp_path):
     from lightvla_ros.train.recipe import main
 
     out = tmp_path / "lift"
+    torch.set_num_threads(1)
     assert main([str(REPO / "recipes" / "lift.yaml"), "--quick", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == 2  # the recipe's torch_threads: CPU results depend on it
     summary = json.loads((out / "recipe_summary.json").read_text())
     assert summary["episodes"] == 1
     first = json.loads((out / "stage1_pruner_off" / "finetune_log.json").read_text())["history"]
     losses = [r["loss"] for r in first]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]), losses
+    last = json.loads((out / "stage3_pruner_drop" / "finetune_log.json").read_text())
+    assert last["config"]["pruner_training"] == "drop"  # the pruned sequence, as at inference
+    assert all(r["seq_len_out"] < r["seq_len_in"] for r in last["history"])
     final = Path(summary["checkpoint"])
+    assert final.name == "stage3_pruner_drop"
     policy = VLAPolicy(final, device="cpu", dtype="float32")
     assert policy.model.prune is True and policy.model.action_rows == "oft"
     report = json.loads((out / "eval.json").read_text())
