@@ -7,7 +7,8 @@ What one step does (as LiAutoAD/LightVLA vla-scripts/finetune.py does it):
   - pruner.set_noise_scale(1 - step / max_steps): uniform vote noise decays linearly to 0;
   - forward in train mode: the pruner replaces each patch by the one it voted for with a
     straight-through estimator, so the sequence length is unchanged (training is not faster,
-    the speed-up comes at inference, where the voted-for patches alone are kept);
+    the speed-up comes at inference, where the voted-for patches alone are kept); with
+    `pruner_training="drop"` (not in the reference) the pruner runs as at inference instead;
   - L1 loss between the action head's chunk and the normalised ground-truth chunk; AdamW;
     grad-norm clipping. The head reads the "oft" rows (one row before the chunk*dim placeholders:
     the label-shifted action mask of both references' vla-scripts/finetune.py), per sample with
