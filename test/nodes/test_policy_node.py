@@ -263,6 +263,10 @@ def test_lock_step_sim_time_every_step_served_while_time_stands_still(dom, tiny_
             drv = PolicyDriver(probe)
             clock = probe.node.create_publisher(Clock, "/clock", 10)
             probe.wait_for_topic("/lightvla/action", timeout=30)
+            # lock-step publishes each step once: the node must have matched every input first, or a
+            # best-effort message sent before discovery is lost and the step waits forever
+            inputs = [clock, drv.js_pub, drv.eef_pub, *drv.img_pubs.values()]
+            assert drv.wait_for(lambda: all(p.get_subscription_count() > 0 for p in inputs), 30.0)
             steps = [1000.0 + (k + (5 if k >= 12 else 0)) * PERIOD for k in range(24)]
             for k, t in enumerate(steps):
                 clock.publish(Clock(clock=to_time(t)))
