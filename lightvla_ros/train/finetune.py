@@ -37,6 +37,7 @@ from ..model.vla import TRAIN_ACTION_ROWS
 from .augment import ImageAugment, normalize_pixels
 from .dataset import ChunkDataset, Episode, Sample, compute_statistics, load_episodes, make_synthetic_episodes
 
+PRUNER_TRAINING = ("ste", "drop")  # FinetuneConfig.pruner_training: the reference's, or on the pruned sequence
 # The LLM's linear layers (Llama attention + MLP); lm_head is unused by the L1 head.
 LORA_TARGET = r"language_model\.model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 
@@ -241,8 +242,8 @@ def train(vla: LightVLA, dataset: ChunkDataset, cfg: FinetuneConfig, log=print, 
     frames = frame_pipeline(vla, cfg)
     augment = ImageAugment() if cfg.image_aug else None
     generator = torch.Generator().manual_seed(cfg.seed + start_step)
-    if cfg.pruner_training not in ("ste", "drop"):
-        raise ValueError(f"pruner_training must be ste or drop, got {cfg.pruner_training!r}")
+    if cfg.pruner_training not in PRUNER_TRAINING:
+        raise ValueError(f"pruner_training must be one of {PRUNER_TRAINING}, got {cfg.pruner_training!r}")
 
     def train_mode() -> None:
         vla.train()
@@ -480,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-budget", type=float, default=defaults.time_budget_s, dest="time_budget_s",
                         help="seconds; stop and save (resumable) when used up")
     parser.add_argument("--no-image-cache", action="store_false", dest="cache_images")
-    parser.add_argument("--pruner-training", choices=["ste", "drop"], default=defaults.pruner_training,
+    parser.add_argument("--pruner-training", choices=PRUNER_TRAINING, default=defaults.pruner_training,
                         help="ste: the reference's straight-through votes; drop: train on the pruned "
                              "sequence inference runs (not in the reference)")
     parser.add_argument("--no-image-aug", action="store_false", dest="image_aug",
