@@ -21,6 +21,7 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
+from lightvla_ros.model.checkpoint import read_gripper_postprocess
 from lightvla_ros.paths import SHIPPED_CHECKPOINT, resolve_checkpoint
 
 
@@ -38,6 +39,9 @@ def _nodes(context):
     else:
         executable = "policy_node"
         policy_overrides["checkpoint"] = str(resolve_checkpoint(arg("checkpoint")))
+        declared = read_gripper_postprocess(policy_overrides["checkpoint"])  # "none": fine-tuned on its data
+        if declared is not None:
+            bridge_overrides["gripper_postprocess"] = declared
     return [
         Node(package="lightvla_ros", executable="sim_bridge_node", name="sim_bridge", output="screen",
              parameters=[cfg, bridge_overrides]),

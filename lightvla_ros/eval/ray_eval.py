@@ -31,8 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from lightvla_ros.eval.episode_log import EpisodeLog
-from lightvla_ros.eval.sim_eval import (BRIDGE_NAME, POLICY_NAME, _node_params, action_rows_report, parse_list,
-                                        requested_action_rows)
+from lightvla_ros.eval.sim_eval import action_rows_report, node_settings, parse_list, requested_action_rows
 from lightvla_ros.eval.sim_report import checkpoint_fingerprint, summarize, versions
 from lightvla_ros.eval.sim_worker import EpisodeSettings, EpisodeSpec, SimWorker, episode_seed, remove_scratch
 
@@ -93,14 +92,9 @@ def episode_specs(args) -> list[EpisodeSpec]:
 def episode_settings(args, suite: str) -> EpisodeSettings:
     """The suite's config file (sim_bridge / lightvla_policy sections) with the command-line overrides,
     as lightvla-sim-eval --in-process reads them."""
-    import yaml
-
     from lightvla_ros.policy.config import RunnerConfig
 
-    cfg_file, bridge_params, _, _ = _node_params(argparse.Namespace(**{**vars(args), "suite": suite}))
-    data = yaml.safe_load(Path(cfg_file).read_text()) or {}
-    bridge = {**((data.get(BRIDGE_NAME) or {}).get("ros__parameters") or {}), **bridge_params}
-    policy_cfg = (data.get(POLICY_NAME) or {}).get("ros__parameters") or {}
+    bridge, policy_cfg = node_settings(argparse.Namespace(**{**vars(args), "suite": suite}))
     expert = args.policy == "expert"
     return EpisodeSettings(
         policy=args.policy, camera_size=int(bridge.get("camera_size", 256)),

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--action-rows", choices=("auto", "oft", "lightvla"), default=None,
                     help="hidden-state rows the action head reads (docs/model.md); default: the config "
                          "file's lightvla_policy action_rows, else auto")
+    ap.add_argument("--gripper-postprocess", choices=("auto", "none", "libero"), default="auto",
+                    help="what the sim applies to the policy's gripper output; auto: what the checkpoint's "
+                         "config.json says (lightvla-finetune --statistics data: none), else the config file's")
     ap.add_argument("--config", default=None, help="YAML with sim_bridge and lightvla_policy sections "
                                                    "(default config/sim_libero.yaml or config/sim_lift.yaml)")
     ap.add_argument("--chunk-size", type=int, default=8, help="expert: actions per chunk")
@@ -131,6 +134,15 @@ def action_rows_report(args) -> dict | None:
     return {"requested": requested, "resolved": read_action_rows(args.checkpoint, requested)}
 
 
+def gripper_postprocess(args) -> str | None:
+    """--gripper-postprocess, else (auto) what the checkpoint declares, else None (the config file's)."""
+    chosen = getattr(args, "gripper_postprocess", "auto")
+    if chosen != "auto":
+        return chosen
+    from lightvla_ros.model.checkpoint import read_gripper_postprocess
+    return read_gripper_postprocess(args.checkpoint)
+
+
 def _node_params(args) -> tuple[Path, dict, str, dict]:
     """(config file, bridge overrides, policy executable, policy overrides)."""
     cfg = _config_file(args)
@@ -147,6 +159,9 @@ def _node_params(args) -> tuple[Path, dict, str, dict]:
         bridge.update(publish_privileged=True, gripper_postprocess="none")
         policy = {"chunk_size": int(args.chunk_size), "use_sim_time": args.mode == "lock_step"}
         return cfg, bridge, "lightvla-expert", policy
+    gripper = gripper_postprocess(args)
+    if gripper is not None:
+        bridge["gripper_postprocess"] = gripper
     policy = {"checkpoint": str(Path(args.checkpoint).resolve()), "device": args.device,
               "use_sim_time": args.mode == "lock_step", "action_rows": requested_action_rows(args)}
     if args.execution_mode:
@@ -287,19 +302,24 @@ class _EpisodeClient:
         return rec
 
 
-def run_in_process(args, episodes: list[dict], progress=None) -> list[dict]:
-    """The episodes without ROS: same env settings (the config's sim_bridge section and the
-    overrides), same wait steps, max steps and observation; the VLA through the node's runner
-    (lock-step, as the node's config runs it) or the expert through the expert node's agent."""
+def node_settings(args) -> tuple[dict, dict]:
+    """(sim_bridge, lightvla_policy) parameters: the config file's sections with the overrides."""
     import yaml
-
-    from lightvla_ros.sim import SimConfig, make_env
-    from lightvla_ros.sim.episode import run_expert_policy_episode, run_policy_episode
 
     cfg_file, bridge_params, _, _ = _node_params(args)
     data = yaml.safe_load(Path(cfg_file).read_text()) or {}
     bridge = {**((data.get(BRIDGE_NAME) or {}).get("ros__parameters") or {}), **bridge_params}
-    policy_cfg = (data.get(POLICY_NAME) or {}).get("ros__parameters") or {}
+    return bridge, (data.get(POLICY_NAME) or {}).get("ros__parameters") or {}
+
+
+def run_in_process(args, episodes: list[dict], progress=None) -> list[dict]:
+    """The episodes without ROS: same env settings (the config's sim_bridge section and the
+    overrides), same wait steps, max steps and observation; the VLA through the node's runner
+    (lock-step, as the node's config runs it) or the expert through the expert node's agent."""
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.sim.episode import run_expert_policy_episode, run_policy_episode
+
+    bridge, policy_cfg = node_settings(args)
     policy = None
     if args.policy == "vla":
         from lightvla_ros.policy.vla_policy import VLAPolicy
@@ -426,6 +446,7 @@ def run_eval(args) -> dict:
         "policy": args.policy, "suite": args.suite, "mode": args.mode, "workers": workers,
         "checkpoint": checkpoint_fingerprint(args.checkpoint) if args.policy == "vla" else None,
         "action_rows": action_rows,
+        "gripper_postprocess": str(node_settings(args)[0].get("gripper_postprocess", "none")),
         "args": {k: v for k, v in vars(args).items()},
         "versions": versions(),
         "wall_time_s": time.monotonic() - t0,

@@ -143,6 +143,15 @@ def read_action_rows(checkpoint_dir, action_rows: str = "auto", prune: bool | No
     return resolve_action_rows(action_rows, recorded_action_rows(config, path), checkpoint_prune(config, prune))
 
 
+def read_gripper_postprocess(checkpoint_dir) -> str | None:
+    """What the sim runner must do to this checkpoint's gripper output, from config.json's
+    "lightvla.gripper_postprocess": "none" for checkpoints fine-tuned on a dataset's own actions
+    (lightvla-finetune --statistics data: they emit what the robot applied), None when the
+    checkpoint does not say (the released OFT LIBERO ones: the suite config's "libero")."""
+    value = _read_json(Path(checkpoint_dir) / CONFIG_FILE).get("lightvla", {}).get("gripper_postprocess")
+    return None if value is None else str(value)
+
+
 def image_transform_from_config(config: dict, preprocessor: dict | None, norm_stats_timm: list,
                                 file=PREPROCESSOR_FILE) -> ImageTransform:
     """The image pipeline's settings: preprocessor_config.json when present, else config.json and timm.

@@ -346,6 +346,9 @@ def build_dataset(vla: LightVLA, episodes: list[Episode], cfg: FinetuneConfig) -
                                        for m, r in zip(stats["action"]["mask"], spread)]
         vla.norm_stats = dict(vla.norm_stats, **{cfg.dataset_name: stats})
         vla.default_unnorm_key = cfg.dataset_name
+        # the model now emits the dataset's actions as the robot applied them: the sim runner must not
+        # convert its gripper as it does for OFT's LIBERO checkpoints ([0, 1], 1 = open)
+        vla.config = dict(vla.config, lightvla={**vla.config.get("lightvla", {}), "gripper_postprocess": "none"})
         stats = vla.norm_stats[cfg.dataset_name]
     elif cfg.statistics == "checkpoint":
         key = vla.resolve_unnorm_key(cfg.unnorm_key)

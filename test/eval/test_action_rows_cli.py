@@ -33,6 +33,24 @@ def test_sim_eval_passes_the_node_parameter_and_reports_the_resolved_rows(tiny_c
         _sim_args("--action-rows", "placeholders")
 
 
+def test_sim_eval_gripper_postprocess_follows_the_checkpoint_unless_told(tiny_checkpoint, tmp_path):
+    import shutil
+
+    args = _sim_args("--checkpoint", str(tiny_checkpoint))  # declares nothing: the config file's (libero)
+    assert "gripper_postprocess" not in sim_eval._node_params(args)[1]
+    assert sim_eval.node_settings(args)[0]["gripper_postprocess"] == "libero"
+    ours = shutil.copytree(tiny_checkpoint, tmp_path / "ours")  # as lightvla-finetune --statistics data writes it
+    config = json.loads((ours / "config.json").read_text())
+    config["lightvla"]["gripper_postprocess"] = "none"
+    (ours / "config.json").write_text(json.dumps(config))
+    for extra, expected in (((), "none"), (("--gripper-postprocess", "libero"), "libero")):
+        args = _sim_args("--checkpoint", str(ours), *extra)
+        assert sim_eval._node_params(args)[1]["gripper_postprocess"] == expected  # the bridge's -p
+        assert sim_eval.node_settings(args)[0]["gripper_postprocess"] == expected  # --in-process, Ray
+    with pytest.raises(SystemExit):
+        _sim_args("--gripper-postprocess", "flip")
+
+
 def test_bag_eval_via_ros_passes_the_node_parameter(tiny_checkpoint):
     args = bag_parser().parse_args(["x.mcap", "--checkpoint", str(tiny_checkpoint), "--via-ros",
                                     "--action-rows", "oft"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lightvla_ros.model import load_vla
+from lightvla_ros.model.checkpoint import read_gripper_postprocess
 from lightvla_ros.model.preprocess import normalize_proprio, unnormalize_actions
 from lightvla_ros.train.dataset import (ChunkDataset, Episode, load_episodes, make_synthetic_episodes,
                                         normalize_actions, save_episode)
@@ -254,5 +255,9 @@ def test_cli_synthetic_and_npz_data_with_recomputed_statistics(checkpoint, tmp_p
     all_actions = np.concatenate([e.actions for e in eps])
     np.testing.assert_allclose(stats["action"]["q99"], np.quantile(all_actions, 0.99, axis=0), rtol=1e-6)
     assert stats["action"]["mask"] == _stats(checkpoint)["action"]["mask"]  # gripper stays unmasked
+    # it now emits the data's own actions: the sim must not convert its gripper (OFT's LIBERO models
+    # need [0, 1] -> [-1, 1] and an inversion; ours trained on lightvla-collect demos do not)
+    assert read_gripper_postprocess(out2) == "none"
+    assert read_gripper_postprocess(out) is None and read_gripper_postprocess(checkpoint) is None
     with pytest.raises(SystemExit):
         main([str(checkpoint), str(out)])  # no data source
