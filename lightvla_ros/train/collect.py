@@ -63,14 +63,18 @@ def policy_view(assembler: ObservationAssembler, sim_obs, stamp: int) -> Observa
 
 
 def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=PROPRIO_SOURCES,
-                    action_noise: float = 0.0, noise_seed: int = 0, plan_targets: bool = False):
+                    action_noise: float = 0.0, noise_seed: int = 0, plan_targets: bool = False,
+                    noise_phases: tuple[str, ...] | None = None):
     """-> (Episode or None if the expert failed, info dict).
 
     action_noise > 0 (DART, Laskey et al. 2017): the sim applies the expert's action plus
     temporally correlated Gaussian noise on the position dims (AR(1), coefficient NOISE_AR, that
     stationary std in action units), and the episode records the expert's own action at each
     state: the correction back to its plan. Used with chunk_size 1, so every recorded action is
-    the expert's closed-loop answer to the state recorded with it."""
+    the expert's closed-loop answer to the state recorded with it, or with plan_targets. With
+    noise_phases (expert phase names, e.g. ("above", "lift", "carry")) the noise is applied only
+    while the expert is in one of them: deviations in free space, none while it descends onto,
+    grasps or releases the object, where noise knocks the object or misses the grasp."""
     from ..sim import NOOP_ACTION
     from ..sim.experts import make_expert
 
@@ -82,6 +86,10 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
                                      instruction=env.instruction, max_observation_age=NEVER)
     expert = make_expert(env)
     expert.reset()
+    unknown = set(noise_phases or ()) - {ph.name for ph in expert.phases}
+    if unknown:
+        raise ValueError(f"unknown expert phase(s) {sorted(unknown)}; this task's expert has "
+                         f"{[ph.name for ph in expert.phases]}")
     images, proprio, actions, stamps, plans = [], [], [], [], []
     rng = np.random.default_rng([noise_seed, init_state])
     noise = np.zeros(3)
@@ -98,7 +106,8 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
             applied = np.array(action, dtype=np.float32)
             if action_noise > 0:
                 noise = NOISE_AR * noise + rng.normal(0.0, action_noise * np.sqrt(1 - NOISE_AR ** 2), 3)
-                applied[:3] = np.clip(applied[:3] + noise, -1.0, 1.0)
+                if noise_phases is None or expert.phases[expert.phase].name in noise_phases:
+                    applied[:3] = np.clip(applied[:3] + noise, -1.0, 1.0)
             sim_obs, success = env.step(applied)
             if success or len(actions) >= env.max_steps:
                 break
@@ -135,12 +144,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="DART: std (action units) of correlated noise added to the applied position actions; "
                          "the recorded action stays the expert's (use with --chunk-size 1)")
     ap.add_argument("--noise-seed", type=int, default=0)
+    ap.add_argument("--noise-phases", default=None,
+                    help="comma-separated expert phases the noise is applied in (e.g. above,lift,carry; default all)")
     ap.add_argument("--plan-targets", action="store_true",
                     help="also record the chunk the expert plans from every step; training uses it as the target")
     args = ap.parse_args(argv)
 
     from ..sim import SimConfig, make_env
 
+    noise_phases = tuple(n.strip() for n in args.noise_phases.split(",") if n.strip()) if args.noise_phases else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -152,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         with make_env(cfg) as env:
             for i in parse_indices(args.init_states):
                 ep, info = collect_episode(env, i, args.chunk_size, action_noise=args.action_noise,
-                                           noise_seed=args.noise_seed, plan_targets=args.plan_targets)
+                                           noise_seed=args.noise_seed, plan_targets=args.plan_targets,
+                                           noise_phases=noise_phases)
                 name = f"{args.suite}_{env.task_name}_{i:04d}"
                 if ep is None:
                     failed.append(name)
@@ -167,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                                proprio_sources=list(PROPRIO_SOURCES), action_space="eef_delta_pose_gripper",
                                wait_steps=env.num_wait_steps, source="lightvla-collect (scripted expert)",
                                expert_chunk_size=args.chunk_size, action_noise=args.action_noise,
+                               noise_phases=list(noise_phases) if noise_phases else None,
                                plan_targets=args.plan_targets)
     print(f"saved {saved} episode(s) to {out}; expert failures: {len(failed)} {failed}", flush=True)
     return 0 if saved else 1

@@ -49,6 +49,24 @@ def test_dart_noise_moves_the_robot_off_the_plan_and_records_the_experts_correct
     assert np.all(np.abs(noisy.actions) <= 1.0) and set(np.unique(noisy.actions[:, 6])) <= {-1.0, 1.0}
 
 
+def test_noise_phases_keep_the_noise_to_the_named_expert_phases():
+    """--noise-phases lift: the grasp runs exactly as without noise (the states match the clean
+    episode until the lift starts), the lift is perturbed; an unknown phase is a clear error."""
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.train.collect import collect_episode
+
+    with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=32)) as env:
+        clean, _ = collect_episode(env, 7, chunk_size=1)
+        lift_only, info = collect_episode(env, 7, chunk_size=1, action_noise=0.4, noise_phases=("lift",))
+        with pytest.raises(ValueError, match="unknown expert phase.*carry"):
+            collect_episode(env, 7, chunk_size=1, action_noise=0.4, noise_phases=("carry",))
+    assert info["success"]
+    closed = int(np.argmax(clean.actions[:, 6] > 0))  # the first close step; the lift follows it
+    np.testing.assert_array_equal(lift_only.proprio[:closed + 1], clean.proprio[:closed + 1])
+    n = min(len(clean), len(lift_only))
+    assert np.abs(lift_only.proprio[:n, :3] - clean.proprio[:n, :3]).max() > 0.003
+
+
 def test_plan_targets_label_every_step_with_the_experts_plan_from_that_step(tmp_path):
     """--plan-targets: the executed actions are unchanged; at the expert's own chunk starts the
     recorded plan is the executed chunk; mid-chunk it is a fresh plan from that state, which the
