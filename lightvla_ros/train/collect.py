@@ -64,7 +64,7 @@ def policy_view(assembler: ObservationAssembler, sim_obs, stamp: int) -> Observa
 
 def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=PROPRIO_SOURCES,
                     action_noise: float = 0.0, noise_seed: int = 0, plan_targets: bool = False,
-                    noise_phases: tuple[str, ...] | None = None):
+                    noise_phases: tuple[str, ...] | None = None, start_offset: float = 0.0):
     """-> (Episode or None if the expert failed, info dict).
 
     action_noise > 0 (DART, Laskey et al. 2017): the sim applies the expert's action plus
@@ -74,7 +74,12 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
     the expert's closed-loop answer to the state recorded with it, or with plan_targets. With
     noise_phases (expert phase names, e.g. ("above", "lift", "carry")) the noise is applied only
     while the expert is in one of them: deviations in free space, none while it descends onto,
-    grasps or releases the object, where noise knocks the object or misses the grasp."""
+    grasps or releases the object, where noise knocks the object or misses the grasp.
+
+    start_offset > 0 (metres): after the wait steps the arm first moves, unrecorded, to a random
+    point up to that far from its start on each axis (seeded by noise_seed and the init state), and
+    the expert starts from there: demos of the large corrections a policy needs once it is a few
+    centimetres off, which clean demos from one start pose never show."""
     from ..sim import NOOP_ACTION
     from ..sim.experts import make_expert
 
@@ -82,6 +87,9 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
     sim_obs = env.reset(init_state)
     for _ in range(env.num_wait_steps):
         sim_obs, _ = env.step(NOOP_ACTION)
+    rng = np.random.default_rng([noise_seed, init_state])
+    if start_offset > 0:
+        sim_obs = _move_to(env, sim_obs, sim_obs.eef_pos + rng.uniform(-start_offset, start_offset, 3))
     assembler = ObservationAssembler(env.camera_names, proprio_sources=list(proprio_sources),
                                      instruction=env.instruction, max_observation_age=NEVER)
     expert = make_expert(env)
@@ -91,7 +99,6 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
         raise ValueError(f"unknown expert phase(s) {sorted(unknown)}; this task's expert has "
                          f"{[ph.name for ph in expert.phases]}")
     images, proprio, actions, stamps, plans = [], [], [], [], []
-    rng = np.random.default_rng([noise_seed, init_state])
     noise = np.zeros(3)
     success = False
     while len(actions) < env.max_steps and not success:
@@ -121,6 +128,20 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
     return ep, info
 
 
+def _move_to(env, sim_obs, target: np.ndarray, max_steps: int = 30, tol: float = 0.005):
+    """Drive the eef toward `target` (world metres) with the gripper open; -> the last observation."""
+    from ..sim.experts import POS_GAIN, POS_SCALE
+
+    for _ in range(max_steps):
+        err = np.asarray(target) - np.asarray(sim_obs.eef_pos)
+        if np.linalg.norm(err) < tol:
+            break
+        action = np.zeros(7)
+        action[:3], action[6] = np.clip(POS_GAIN * err / POS_SCALE, -1.0, 1.0), -1.0
+        sim_obs, _ = env.step(action)
+    return sim_obs
+
+
 def write_dataset_meta(out: Path, **fields) -> Path:
     path = out / "dataset.json"
     meta = json.loads(path.read_text()) if path.is_file() else {}
@@ -144,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="DART: std (action units) of correlated noise added to the applied position actions; "
                          "the recorded action stays the expert's (use with --chunk-size 1)")
     ap.add_argument("--noise-seed", type=int, default=0)
+    ap.add_argument("--start-offset", type=float, default=0.0,
+                    help="metres: the expert starts from a random eef offset up to this far per axis "
+                         "(reached in unrecorded steps after the wait steps)")
     ap.add_argument("--noise-phases", default=None,
                     help="comma-separated expert phases the noise is applied in (e.g. above,lift,carry; default all)")
     ap.add_argument("--plan-targets", action="store_true",
@@ -165,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in parse_indices(args.init_states):
                 ep, info = collect_episode(env, i, args.chunk_size, action_noise=args.action_noise,
                                            noise_seed=args.noise_seed, plan_targets=args.plan_targets,
-                                           noise_phases=noise_phases)
+                                           noise_phases=noise_phases, start_offset=args.start_offset)
                 name = f"{args.suite}_{env.task_name}_{i:04d}"
                 if ep is None:
                     failed.append(name)
@@ -181,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                                wait_steps=env.num_wait_steps, source="lightvla-collect (scripted expert)",
                                expert_chunk_size=args.chunk_size, action_noise=args.action_noise,
                                noise_phases=list(noise_phases) if noise_phases else None,
+                               start_offset=args.start_offset,
                                plan_targets=args.plan_targets)
     print(f"saved {saved} episode(s) to {out}; expert failures: {len(failed)} {failed}", flush=True)
     return 0 if saved else 1

@@ -61,7 +61,7 @@ def collect(recipe: dict, out: Path, log) -> Path:
     for c in sections:
         argv = [str(demos), "--suite", str(c["suite"]), "--tasks", str(c["tasks"]), "--init-states",
                 str(c["init_states"]), "--camera-size", str(c.get("camera_size", 128))]
-        for key in ("chunk_size", "action_noise", "noise_seed", "noise_phases"):
+        for key in ("chunk_size", "action_noise", "noise_seed", "noise_phases", "start_offset"):
             if key in c:
                 argv += [f"--{key.replace('_', '-')}", str(c[key])]
         if c.get("plan_targets"):

@@ -67,6 +67,21 @@ def test_noise_phases_keep_the_noise_to_the_named_expert_phases():
     assert np.abs(lift_only.proprio[:n, :3] - clean.proprio[:n, :3]).max() > 0.003
 
 
+def test_start_offset_starts_the_expert_off_its_usual_start():
+    """--start-offset: the recorded episode begins where the unrecorded move left the arm (off the
+    clean start by up to the offset per axis, seeded), and the expert still succeeds from there."""
+    from lightvla_ros.sim import SimConfig, make_env
+    from lightvla_ros.train.collect import collect_episode
+
+    with make_env(SimConfig(suite="robosuite", task="Lift", camera_size=32)) as env:
+        clean, _ = collect_episode(env, 7)
+        moved, info = collect_episode(env, 7, start_offset=0.05, noise_seed=3)
+    assert info["success"]
+    shift = np.abs(moved.proprio[0, :3] - clean.proprio[0, :3])
+    assert shift.max() > 0.01 and np.all(shift < 0.05 + 0.01), shift
+    assert not np.array_equal(moved.images[0], clean.images[0])
+
+
 def test_plan_targets_label_every_step_with_the_experts_plan_from_that_step(tmp_path):
     """--plan-targets: the executed actions are unchanged; at the expert's own chunk starts the
     recorded plan is the executed chunk; mid-chunk it is a fresh plan from that state, which the
