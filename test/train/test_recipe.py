@@ -195,3 +195,21 @@ def test_quick_recipe_lowers_the_loss_and_gives_a_loadable_checkpoint(tmp_path):
     assert policy.model.prune is True and policy.model.action_rows == "oft"
     report = json.loads((out / "eval.json").read_text())
     assert report["episodes"][0]["in_process"] and report["episodes"][0]["policy_steps"] > 0
+    # trained on the sim's own actions: the evaluation must not convert the gripper
+    assert json.loads((final / "config.json").read_text())["lightvla"]["gripper_postprocess"] == "none"
+    assert report["gripper_postprocess"] == "none"
+
+
+def test_libero_recipe_collects_clean_dart_and_offset_demos(tmp_path, monkeypatch):
+    """recipes/libero_object.yaml's three collect sections reach lightvla-collect with their options."""
+    from lightvla_ros.train import collect as collect_module
+    from lightvla_ros.train.recipe import collect, load_recipe
+
+    calls = []
+    monkeypatch.setattr(collect_module, "main", lambda argv: calls.append(argv) or 0)
+    collect(load_recipe(REPO / "recipes" / "libero_object.yaml"), tmp_path, log=lambda *_: None)
+    assert [c[c.index("--init-states") + 1] for c in calls] == ["20-49,1000-1029", "1030-1089", "1090-1149"]
+    clean, dart, offset = calls
+    assert "--action-noise" not in clean and "--plan-targets" not in clean
+    assert dart[dart.index("--noise-phases") + 1] == "above,lift,carry" and "--plan-targets" in dart
+    assert offset[offset.index("--start-offset") + 1] == "0.06" and "--plan-targets" in offset
