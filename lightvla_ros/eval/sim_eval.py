@@ -136,9 +136,8 @@ def action_rows_report(args) -> dict | None:
 
 def gripper_postprocess(args) -> str | None:
     """--gripper-postprocess, else (auto) what the checkpoint declares, else None (the config file's)."""
-    chosen = getattr(args, "gripper_postprocess", "auto")
-    if chosen != "auto":
-        return chosen
+    if args.gripper_postprocess != "auto":
+        return args.gripper_postprocess
     from lightvla_ros.model.checkpoint import read_gripper_postprocess
     return read_gripper_postprocess(args.checkpoint)
 
