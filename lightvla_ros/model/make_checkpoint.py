@@ -152,12 +152,17 @@ def make_statistics(platform: str = "libero") -> tuple[str, dict]:
 def make_checkpoint(out_dir, size: str = "tiny", seed: int = 0, platform: str = "libero",
                     num_images: int = 2, vision: str = "dinosiglip", step: int = 0,
                     dtype: torch.dtype | None = None, action_rows: str = TRAIN_ACTION_ROWS,
-                    image_size: int = 224, geometry: dict | None = None, prune: bool = True) -> Path:
+                    image_size: int = 224, geometry: dict | None = None, prune: bool = True,
+                    proprio_to_head: bool = False) -> Path:
     """Write a random checkpoint to `out_dir` and return its path (reloads with load_vla).
 
     action_rows is recorded in config.json (default "oft": what fine-tuning here trains on).
+    proprio_to_head records the option beyond the reference that adds the proprio token to the
+    action head's inputs (LightVLA.proprio_to_head, docs/training.md).
     """
     config = make_config(size, platform, num_images, vision, image_size=image_size, geometry=geometry)
+    if proprio_to_head:
+        config["lightvla"]["proprio_to_head"] = True
     key, stats = make_statistics(platform)
     config["norm_stats"] = stats
     config["lightvla"]["unnorm_key"] = key
@@ -200,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("llm-ffn", "Llama MLP size (default 2 x llm-dim when llm-dim is given)")):
         parser.add_argument(f"--{name}", type=int, default=None, help=f"{what} (overrides --size)")
     parser.add_argument("--no-prune", action="store_false", dest="prune", help="record the pruner as off")
+    parser.add_argument("--proprio-to-head", action="store_true",
+                        help="add the proprio token to the action head's inputs (beyond the reference)")
     args = parser.parse_args(argv)
     if args.num_images < 1:
         parser.error("--num-images must be >= 1")
@@ -208,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = make_checkpoint(args.out_dir, size=args.size, seed=args.seed, platform=args.platform,
                               num_images=args.num_images, vision=args.vision, action_rows=args.action_rows,
-                              image_size=args.image_size, geometry=geometry, prune=args.prune)
+                              image_size=args.image_size, geometry=geometry, prune=args.prune,
+                              proprio_to_head=args.proprio_to_head)
     except ValueError as e:
         parser.error(str(e))
     print(f"wrote {args.size} {args.platform} checkpoint ({args.num_images} image(s)) to {out}")

@@ -111,6 +111,11 @@ class LightVLA(nn.Module):
         self.pruner = TokenPruner(self.text_config, self.vision_backbone.num_patches * num_images)
         self.proprio_projector = ProprioProjector(llm_dim, platform.proprio_dim) if use_proprio else None
         self.action_head = L1RegressionActionHead(llm_dim, llm_dim, platform.action_dim, platform.chunk_size)
+        # an option beyond the reference, recorded in config.json: the proprio token is also added to
+        # every action row the head reads, a direct path from the proprio to the actions
+        self.proprio_to_head = bool(config.get("lightvla", {}).get("proprio_to_head", False))
+        if self.proprio_to_head and not use_proprio:
+            raise ValueError("proprio_to_head needs the proprio projector (use_proprio)")
         # set by the checkpoint loader
         self.norm_stats: dict = {}
         self.tokenizer = None
@@ -320,7 +325,7 @@ class LightVLA(nn.Module):
             rows = self.action_row_index(action_mask, attention_mask, tokens.shape[1])  # (B, n_act)
             action_hidden = self._stage("llm", self._llm_rows, tokens, position_ids, mask, rows)  # (B, n_act, H)
             t3 = self._sync(device)
-            actions = self._stage("head", self.action_head, action_hidden)  # (B, chunk, dim)
+            actions = self._stage("head", self.action_head, self._head_input(action_hidden, patches, proprio))
         else:
             llm = self._compiled.get("llm", self.language_model.model)
             hidden = llm(inputs_embeds=tokens, attention_mask=mask, position_ids=position_ids,
@@ -328,11 +333,19 @@ class LightVLA(nn.Module):
             t3 = self._sync(device)
             rows = self.action_row_index(action_mask, attention_mask, hidden.shape[1])  # (B, n_act)
             action_hidden = hidden.gather(1, rows[..., None].expand(-1, -1, hidden.shape[-1]))  # (B, n_act, H)
-            actions = self.action_head(action_hidden)  # (B, chunk, dim)
+            actions = self.action_head(self._head_input(action_hidden, patches, proprio))  # (B, chunk, dim)
         t4 = self._sync(device)
         if timings is not None:
             timings.update(vision=t1 - t0, pruner=t2 - t1, llm=t3 - t2, head=t4 - t3, total=t4 - t0)
         return actions
+
+    def _head_input(self, action_hidden: torch.Tensor, patches: torch.Tensor,
+                    proprio: torch.Tensor | None) -> torch.Tensor:
+        """The head's rows (B, n_act, H); with proprio_to_head plus the proprio token (the last of
+        `patches`, _visual_tokens) on every row."""
+        if not self.proprio_to_head or proprio is None:
+            return action_hidden
+        return action_hidden + patches[:, -1:]
 
     def _visual_tokens(self, pixel_values: torch.Tensor, proprio: torch.Tensor | None) -> torch.Tensor:
         """pixel_values (B, C, S, S), proprio (B, proprio_dim) or None -> (B, P [+ 1], H): the projected

@@ -82,7 +82,8 @@ def make_initial(recipe: dict, out: Path, log) -> Path:
     geometry = {k: m[k] for k in ("vision_dim", "vision_depth", "vision_heads", "llm_dim", "llm_layers",
                                   "llm_heads", "llm_ffn") if m.get(k)}
     make_checkpoint(init, size=m.get("size", "tiny"), seed=int(recipe.get("seed", 0)), vision=m.get("vision", "dinov2"),
-                    image_size=int(m.get("image_size", 224)), geometry=geometry, prune=False)
+                    image_size=int(m.get("image_size", 224)), geometry=geometry, prune=False,
+                    proprio_to_head=bool(m.get("proprio_to_head", False)))
     log(f"[recipe] initial checkpoint {init} (random weights, seed {recipe.get('seed', 0)})")
     return init
 

@@ -278,3 +278,26 @@ def test_predict_timings_add_up(vla, images, proprio):
     t = vla.predict_action(images, INSTRUCTION, proprio).timings
     assert {"vision", "llm", "head", "forward", "preprocess", "total"} <= set(t)
     assert t["total"] >= t["forward"] > 0 and t["forward"] >= t["llm"] > 0
+
+
+def test_proprio_to_head_adds_the_proprio_token_to_every_head_row(tmp_path, images, proprio):
+    """The option beyond the reference (config.json lightvla.proprio_to_head): the head's input is
+    the LLM's action rows plus the projected proprio token, on the dynamic and the static path;
+    checkpoints without the key keep the reference's head input."""
+    out = make_checkpoint(tmp_path / "ph", size="tiny", proprio_to_head=True)
+    vla = load_vla(out, device="cpu", dtype="float32")
+    assert vla.proprio_to_head and not load_vla(make_checkpoint(tmp_path / "ref", size="tiny")).proprio_to_head
+    seen = {}
+    vla.action_head.register_forward_pre_hook(lambda _m, args: seen.__setitem__("rows", args[0].clone()))
+    pv, ids, mask = vla.build_inputs(images, INSTRUCTION)
+    p = torch.from_numpy(normalize_proprio(proprio, vla.norm_stats[vla.default_unnorm_key]["proprio"], "bounds_q99"))[None]
+    with torch.no_grad():
+        out_dynamic = vla(pv, ids, mask, proprio=p)
+        rows = seen["rows"]
+        vla.proprio_to_head = False
+        vla(pv, ids, mask, proprio=p)
+        token = vla.proprio_projector(p)[:, None]  # (1, 1, H)
+        torch.testing.assert_close(rows, seen["rows"] + token)
+        vla.proprio_to_head = True
+        vla.set_inference_path("static")
+        torch.testing.assert_close(vla(pv, ids, mask, proprio=p), out_dynamic, atol=1e-5, rtol=1e-5)

@@ -213,3 +213,21 @@ def test_libero_recipe_collects_clean_dart_and_offset_demos(tmp_path, monkeypatc
     assert "--action-noise" not in clean and "--plan-targets" not in clean
     assert dart[dart.index("--noise-phases") + 1] == "above,lift,carry" and "--plan-targets" in dart
     assert offset[offset.index("--start-offset") + 1] == "0.06" and "--plan-targets" in offset
+
+
+def test_recipe_model_option_proprio_to_head_reaches_the_initial_checkpoint(tmp_path):
+    """`model: proprio_to_head: true` in a recipe (an option beyond the reference) is recorded in
+    the initial checkpoint's config.json, so every stage trains and saves it (docs/training.md)."""
+    from lightvla_ros.model import load_vla
+    from lightvla_ros.model.make_checkpoint import main as make_main
+    from lightvla_ros.train.recipe import make_initial
+
+    model = {"vision": "dinov2", "image_size": 84, "vision_dim": 64, "vision_depth": 2, "vision_heads": 2,
+             "llm_dim": 64, "llm_layers": 1, "llm_heads": 2}
+    init = make_initial({"model": {**model, "proprio_to_head": True}}, tmp_path / "on", log=lambda *_: None)
+    assert json.loads((init / "config.json").read_text())["lightvla"]["proprio_to_head"] is True
+    assert load_vla(init, device="cpu", dtype="float32").proprio_to_head
+    init = make_initial({"model": model}, tmp_path / "off", log=lambda *_: None)
+    assert "proprio_to_head" not in json.loads((init / "config.json").read_text())["lightvla"]
+    assert make_main([str(tmp_path / "cli"), "--proprio-to-head"]) == 0
+    assert load_vla(tmp_path / "cli", device="cpu", dtype="float32").proprio_to_head
