@@ -201,7 +201,8 @@ def test_quick_recipe_lowers_the_loss_and_gives_a_loadable_checkpoint(tmp_path):
 
 
 def test_libero_recipe_collects_clean_dart_and_offset_demos(tmp_path, monkeypatch):
-    """recipes/libero_object.yaml's three collect sections reach lightvla-collect with their options."""
+    """recipes/libero_object.yaml's three collect sections reach lightvla-collect with their options,
+    and its model has the proprio_to_head option."""
     from lightvla_ros.train import collect as collect_module
     from lightvla_ros.train.recipe import collect, load_recipe
 
@@ -210,9 +211,13 @@ def test_libero_recipe_collects_clean_dart_and_offset_demos(tmp_path, monkeypatc
     collect(load_recipe(REPO / "recipes" / "libero_object.yaml"), tmp_path, log=lambda *_: None)
     assert [c[c.index("--init-states") + 1] for c in calls] == ["20-49,1000-1029", "1030-1089", "1090-1149"]
     clean, dart, offset = calls
-    assert "--action-noise" not in clean and "--plan-targets" not in clean
-    assert dart[dart.index("--noise-phases") + 1] == "above,lift,carry" and "--plan-targets" in dart
-    assert offset[offset.index("--start-offset") + 1] == "0.06" and "--plan-targets" in offset
+    # the closed-loop expert everywhere: a chunked expert's targets depend on its chunk phase
+    assert all(c[c.index("--chunk-size") + 1] == "1" and "--plan-targets" not in c for c in calls)
+    assert "--action-noise" not in clean and "--start-offset" not in clean
+    assert dart[dart.index("--noise-phases") + 1] == "above,lift,carry"
+    assert offset[offset.index("--start-offset") + 1] == "0.06"
+    recipe = load_recipe(REPO / "recipes" / "libero_object.yaml")
+    assert recipe["model"]["proprio_to_head"] is True
 
 
 def test_recipe_model_option_proprio_to_head_reaches_the_initial_checkpoint(tmp_path):
