@@ -290,7 +290,8 @@ def test_proprio_to_head_adds_the_proprio_token_to_every_head_row(tmp_path, imag
     seen = {}
     vla.action_head.register_forward_pre_hook(lambda _m, args: seen.__setitem__("rows", args[0].clone()))
     pv, ids, mask = vla.build_inputs(images, INSTRUCTION)
-    p = torch.from_numpy(normalize_proprio(proprio, vla.norm_stats[vla.default_unnorm_key]["proprio"], "bounds_q99"))[None]
+    stats = vla.norm_stats[vla.default_unnorm_key]["proprio"]
+    p = torch.from_numpy(normalize_proprio(proprio, stats, "bounds_q99"))[None]
     with torch.no_grad():
         out_dynamic = vla(pv, ids, mask, proprio=p)
         rows = seen["rows"]
