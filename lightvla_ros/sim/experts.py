@@ -34,6 +34,12 @@ ROT_GAIN = 1.0
 TRACK = 0.25
 
 
+def position_action(target: np.ndarray, eef: np.ndarray, speed: float = 1.0) -> np.ndarray:
+    """The experts' P law: (3,) position action toward `target` from `eef` (world metres), each
+    component capped at `speed` action units."""
+    return np.clip(POS_GAIN * (np.asarray(target) - np.asarray(eef)) / POS_SCALE, -speed, speed)
+
+
 @dataclass
 class Phase:
     """Move the eef to `target` (a key into the plan's targets) with the gripper held at `gripper`."""
@@ -76,7 +82,7 @@ class WaypointExpert:
         for k in range(chunk_size):
             target = self._advance(obs, eef, observed=(k == 0))
             speed = self.phases[self.phase].speed
-            dpos = np.clip(POS_GAIN * (target - eef) / POS_SCALE, -speed, speed)
+            dpos = position_action(target, eef, speed)
             drot = np.clip(ROT_GAIN * rot_err / ROT_SCALE, -1.0, 1.0)
             chunk[k, :3], chunk[k, 3:6] = dpos, drot
             chunk[k, 6] = self.phases[self.phase].gripper

@@ -130,14 +130,13 @@ def collect_episode(env, init_state: int, chunk_size: int = 8, proprio_sources=P
 
 def _move_to(env, sim_obs, target: np.ndarray, max_steps: int = 30, tol: float = 0.005):
     """Drive the eef toward `target` (world metres) with the gripper open; -> the last observation."""
-    from ..sim.experts import POS_GAIN, POS_SCALE
+    from ..sim.experts import position_action
 
     for _ in range(max_steps):
-        err = np.asarray(target) - np.asarray(sim_obs.eef_pos)
-        if np.linalg.norm(err) < tol:
+        if np.linalg.norm(np.asarray(target) - np.asarray(sim_obs.eef_pos)) < tol:
             break
         action = np.zeros(7)
-        action[:3], action[6] = np.clip(POS_GAIN * err / POS_SCALE, -1.0, 1.0), -1.0
+        action[:3], action[6] = position_action(target, sim_obs.eef_pos), -1.0
         sim_obs, _ = env.step(action)
     return sim_obs
 
