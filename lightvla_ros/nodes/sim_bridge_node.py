@@ -167,7 +167,8 @@ class SimBridgeNode(Node):
 
         io_group = ReentrantCallbackGroup()
         self.action_topic = action_topic if self.action_input == "step" else chunk_topic
-        self.create_subscription(ActionChunk, self.action_topic, self._on_action, RELIABLE, callback_group=io_group)
+        self.action_sub = self.create_subscription(ActionChunk, self.action_topic, self._on_action, RELIABLE,
+                                                   callback_group=io_group)
         self.create_service(RunEpisode, "~/run_episode", self._on_run_episode, callback_group=io_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
         if self.autostart:
@@ -280,9 +281,11 @@ class SimBridgeNode(Node):
         return env
 
     def _wait_for_publisher(self) -> bool:
+        """A policy's action publisher matched by our subscription (not only seen in the graph: lock-step
+        publishes each step once, and an action sent before the match is lost)."""
         deadline = time.monotonic() + self.wait_for_policy
         while time.monotonic() < deadline:
-            if self.count_publishers(self.action_topic) > 0:
+            if self.count_publishers(self.action_topic) > 0 and self.action_sub.get_publisher_count() > 0:
                 return True
             time.sleep(0.05)
         return False

@@ -251,6 +251,7 @@ def test_lock_step_sim_time_every_step_served_while_time_stands_still(dom, tiny_
     with that step (the sim bridge's lock-step protocol); open_loop re-infers at steps 0, 8, 16.
     Before step 12 the clock jumps 5 periods (steps the sim ran without asking the policy)."""
     from rosgraph_msgs.msg import Clock
+    from std_srvs.srv import Trigger
 
     proc = dom.start_node(
         "lightvla-policy", params_file=REPO / "config" / "policy.yaml", name="lightvla_policy_sim",
@@ -267,6 +268,24 @@ def test_lock_step_sim_time_every_step_served_while_time_stands_still(dom, tiny_
             # best-effort message sent before discovery is lost and the step waits forever
             inputs = [clock, drv.js_pub, drv.eef_pub, *drv.img_pubs.values()]
             assert drv.wait_for(lambda: all(p.get_subscription_count() > 0 for p in inputs), 30.0)
+            # ... and the node's chunk and action writers must have matched our readers (discovery runs each
+            # way on its own: our publishers matching says nothing about them). Proven by a round trip:
+            # a reset, then one step before the test's time; repeated until its chunk and action arrive.
+            for attempt in range(10):
+                assert call(drv, Trigger, "/lightvla_policy_sim/reset", Trigger.Request()).success
+                t = 900.0 + attempt
+                clock.publish(Clock(clock=to_time(t)))
+                drv.publish(t)
+                key = stamp_key(to_time(t))
+                if drv.wait_for(lambda: all(any(stamp_key(m.header.stamp) == key for _, m in got)
+                                            for got in (drv.chunks, drv.actions)), 3.0):
+                    break
+            else:
+                raise AssertionError(f"no chunk and action came back in 10 tries; log:\n{proc.log_tail()}")
+            assert call(drv, Trigger, "/lightvla_policy_sim/reset", Trigger.Request()).success
+            drv.spin(0.2)
+            drv.chunks.clear()
+            drv.actions.clear()
             steps = [1000.0 + (k + (5 if k >= 12 else 0)) * PERIOD for k in range(24)]
             for k, t in enumerate(steps):
                 clock.publish(Clock(clock=to_time(t)))
