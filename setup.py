@@ -1,7 +1,7 @@
 """ament_python setup for lightvla_ros: works with `colcon build` (also --symlink-install) and with pip.
 
 data_files is what a colcon install puts under share/ (the ament index marker, package.xml, launch,
-config, the shipped checkpoint); setup.cfg puts the console scripts in lib/lightvla_ros, where
+config, the shipped checkpoints); setup.cfg puts the console scripts in lib/lightvla_ros, where
 `ros2 run` and launch_ros look. scripts/register_ament.py lays out the same for the editable pip
 install in .venv (which installs no data_files). Dependencies are declared in package.xml (rosdep)
 and pinned in requirements/ (pip), not here.
@@ -11,6 +11,7 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "lightvla_ros"
+SHIPPED = sorted(d.rstrip("/").split("/")[-1] for d in glob("checkpoints/*/"))  # lightvla-lift, ...
 
 # (console script, module:function). The node names double as `ros2 run lightvla_ros <name>`.
 CONSOLE_SCRIPTS = [
@@ -41,7 +42,7 @@ setup(
         ("share/" + PACKAGE, ["package.xml"]),
         ("share/" + PACKAGE + "/launch", glob("launch/*.launch.py")),
         ("share/" + PACKAGE + "/config", glob("config/*.yaml")),
-        ("share/" + PACKAGE + "/checkpoints/lightvla-lift", glob("checkpoints/lightvla-lift/*")),
+        *[("share/" + PACKAGE + "/checkpoints/" + name, glob(f"checkpoints/{name}/*")) for name in SHIPPED],
     ],
     zip_safe=False,
     maintainer="lightvla_ros maintainers",

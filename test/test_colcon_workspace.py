@@ -135,7 +135,11 @@ def test_install_layout(workspace):
     launch_files = sorted(p.name for p in ROOT.glob("launch/*.launch.py"))
     assert sorted(p.name for p in (share / "launch").iterdir()) == launch_files
     assert sorted(p.name for p in (share / "config").iterdir()) == sorted(p.name for p in ROOT.glob("config/*.yaml"))
-    assert (share / "checkpoints" / "lightvla-lift" / "config.json").is_file()
+    shipped = sorted(p.name for p in ROOT.glob("checkpoints/*/"))  # every shipped checkpoint, every file
+    assert shipped == ["lightvla-libero-object-task0", "lightvla-lift"]
+    for name in shipped:
+        assert sorted(p.name for p in (share / "checkpoints" / name).iterdir()) == \
+            sorted(p.name for p in (ROOT / "checkpoints" / name).iterdir())
     scripts = [ep.name for ep in importlib.metadata.distribution("lightvla_ros").entry_points
                if ep.group == "console_scripts"]
     assert len(scripts) >= 10

@@ -1,9 +1,11 @@
-"""The shipped Lift checkpoint learns the task: closed-loop success on held-out seeds, pruning on.
+"""The shipped checkpoints learn their tasks: closed-loop success on held-out seeds, pruning on.
 
-The checkpoint (checkpoints/lightvla-lift, built by `lightvla-train-recipe recipes/lift.yaml` and
-`lightvla-export`) was trained on seeds 500-639 only. These tests make the whole pipeline
-accountable: a wrong action convention, gripper sign, normalisation, image pipeline or chunk
-timing turns success into failure here, where the plumbing tests would still pass.
+checkpoints/lightvla-lift (`lightvla-train-recipe recipes/lift.yaml`, then `lightvla-export`) was
+trained on Lift seeds 500-639 only; checkpoints/lightvla-libero-object-task0
+(recipes/libero_object.yaml, then `lightvla-export`) on LIBERO-Object task 0 init states 20-49 and
+1000-1149 only. These tests make the whole pipeline accountable: a wrong action convention,
+gripper sign, normalisation, image pipeline or chunk timing turns success into failure here, where
+the plumbing tests would still pass.
 """
 import json
 import os
@@ -12,23 +14,46 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "checkpoints" / "lightvla-lift"
+LIBERO = REPO / "checkpoints" / "lightvla-libero-object-task0"
 BIN = Path(sys.executable).parent
 SEEDS = list(range(10))  # held out (training used 500-639)
 MIN_SUCCESS = 6          # of 10: measured 7/10 (16/20 on seeds 0-19, in-process and over ROS alike) at shipping
+LIBERO_INIT = "0-5"      # held out (training used 20-49 and 1000-1149)
+LIBERO_MIN = 3           # of 6: measured 4/6 (13/20 on 0-19: fp32 and fp16, in-process and over ROS alike)
 
 
-def test_shipped_checkpoint_is_compact_and_pruned():
+@pytest.mark.parametrize("ckpt", [SHIPPED, LIBERO], ids=lambda p: p.name)
+def test_shipped_checkpoint_is_compact_and_pruned(ckpt):
     from lightvla_ros.policy.vla_policy import VLAPolicy
 
-    size = sum(f.stat().st_size for f in SHIPPED.iterdir())
+    size = sum(f.stat().st_size for f in ckpt.iterdir())
     assert size < 20e6, f"{size / 1e6:.1f} MB"
-    policy = VLAPolicy(SHIPPED, device="cpu", dtype="float32")
+    policy = VLAPolicy(ckpt, device="cpu", dtype="float32")
     assert policy.model.prune and policy.model.action_rows == "oft"
-    assert json.loads((SHIPPED / "config.json").read_text())["lightvla"]["lm_head"] == "trimmed"
+    extra = json.loads((ckpt / "config.json").read_text())["lightvla"]
+    assert extra["lm_head"] == "trimmed" and extra.get("gripper_postprocess", "none") == "none"  # demos: sim actions
+    assert extra.get("proprio_to_head", False) == (ckpt == LIBERO)  # the option the LIBERO recipe needs
+
+
+def test_shipped_libero_checkpoint_succeeds_in_process_on_held_out_init_states(tmp_path):
+    """The command the docs give (lightvla-sim-eval --in-process: the runner and episode protocol of
+    the node, no DDS), on LIBERO-Object task 0's benchmark init states 0-5."""
+    report = tmp_path / "report.json"
+    cmd = [str(BIN / "lightvla-sim-eval"), "--in-process", "--checkpoint", str(LIBERO), "--suite", "libero_object",
+           "--tasks", "0", "--init-states", LIBERO_INIT, "--camera-size", "128", "--report", str(report), "--quiet"]
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert report.is_file(), f"rc {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    episodes = json.loads(report.read_text())["episodes"]
+    ok = [ep["init_state_index"] for ep in episodes if ep["success"]]
+    print(f"shipped LIBERO-Object task 0 policy, pruning on: {len(ok)}/{len(episodes)} held-out init states {ok}")
+    assert len(episodes) == 6 and len(ok) >= LIBERO_MIN, episodes
+    assert all(ep["kept_tokens"] and max(ep["kept_tokens"]) < max(ep["total_tokens"]) for ep in episodes)
 
 
 def test_shipped_checkpoint_succeeds_in_process_on_held_out_seeds():
