@@ -166,11 +166,14 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"recipe": str(args.recipe), "quick": args.quick, "checkpoint": str(final),
                "seconds": round(time.perf_counter() - t0, 1)}
     if not args.skip_eval:
+        t1 = time.perf_counter()
         report = evaluate(recipe, final, out, log)
         eps = report["episodes"]
-        summary.update(successes=sum(bool(r.get("success")) for r in eps), episodes=len(eps))
+        summary.update(successes=sum(bool(r.get("success")) for r in eps), episodes=len(eps),
+                       eval_seconds=round(time.perf_counter() - t1, 1))
     (out / "recipe_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"[recipe] done in {summary['seconds']:.0f} s: {final}")
+    evaluated = f", evaluated in {summary['eval_seconds']:.0f} s" if "eval_seconds" in summary else ""
+    log(f"[recipe] built in {summary['seconds']:.0f} s{evaluated}: {final}")
     return 0
 
 
