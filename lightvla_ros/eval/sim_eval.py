@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lightvla-sim-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", choices=("vla", "expert"), default="vla")
-    ap.add_argument("--checkpoint", help="checkpoint directory (required for --policy vla)")
+    ap.add_argument("--checkpoint", help="checkpoint directory or a name such as lightvla-lift "
+                                         "(required for --policy vla)")
     ap.add_argument("--suite", default="libero_object",
                     help="libero_spatial|libero_object|libero_goal|libero_10|libero_90|robosuite")
     ap.add_argument("--tasks", default="0", help="comma-separated task indices or names (robosuite: Lift,...)")
@@ -380,9 +381,11 @@ def run_eval(args) -> dict:
     if args.policy == "vla":
         if not args.checkpoint:
             raise SystemExit("--policy vla needs --checkpoint DIR (or use --policy expert)")
-        if not Path(args.checkpoint).is_dir():
-            raise SystemExit(f"checkpoint directory {args.checkpoint} does not exist "
-                             "(generate one with lightvla-make-checkpoint DIR --size tiny)")
+        from lightvla_ros.paths import CheckpointNotFound, resolve_checkpoint
+        try:  # a directory, or a name such as lightvla-libero-object-task0 (docs/install.md)
+            args.checkpoint = str(resolve_checkpoint(args.checkpoint))
+        except CheckpointNotFound as e:
+            raise SystemExit(f"{e}\n(generate one with lightvla-make-checkpoint DIR --size tiny)") from None
     if args.ray is not None:  # the Ray protocol runner: lightvla_ros.eval.ray_eval, docs/ray.md
         if args.in_process or args.record:
             raise SystemExit("--ray runs the episodes in-process on Ray workers: no --in-process, no --record")

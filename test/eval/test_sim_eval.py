@@ -99,6 +99,14 @@ def test_expert_libero_object_over_ros(tmp_path):
     _same_as_in_process(tmp_path, r, *args)
 
 
+def test_unknown_checkpoint_name_is_a_clear_error(tmp_path):
+    proc = subprocess.run([str(BIN / "lightvla-sim-eval"), "--checkpoint", "no-such-checkpoint", "--suite", "robosuite",
+                           "--tasks", "Lift", "--init-states", "0"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "checkpoint 'no-such-checkpoint' not found; looked in" in proc.stderr, proc.stderr
+
+
 def test_tiny_checkpoint_lock_step_loop(tmp_path, tiny_checkpoint):
     steps = 12
     r = run_eval(tmp_path, "--checkpoint", str(tiny_checkpoint), "--suite", "libero_object", "--tasks", "0",
